@@ -1,0 +1,20 @@
+"""The whole chain: make_catalog -> train -> backfill -> query summary.
+
+    python jobs/pipeline.py [overrides...]      e.g. storage=s3 paths.root=s3://bucket/cv
+"""
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from catalog_vision.pipeline import run_pipeline
+from catalog_vision.runtime import setup_logging
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    setup_logging()
+    run_pipeline(OmegaConf.to_container(cfg, resolve=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""Catalogs as Ray Datasets: read a manifest or list a prefix, then fetch and decode on CPU tasks.
+
+Rows that fail at any step keep flowing with ``error`` set; nothing raises out of a task for a bad
+image, so one corrupt object never fails a job.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from . import storage as st
+from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, decode, error_string
+
+# Explicit retries for the CPU steps. Besides being what we want, remote args that differ from the
+# predictor's keep Ray Data from fusing decode into the inference actors, so the CPU decode step
+# and the model step run as separate operators and overlap.
+CPU_STEP_REMOTE_ARGS = {"max_retries": 3}
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
+LAYOUTS = ("auto", "flat", "class_folders")
+
+
+def _resolve_uri(uri: str, base: str) -> str:
+    """Manifest URIs may be absolute (``s3://…``, ``/…``) or relative to the manifest's folder."""
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    return st.join(base, uri)
+
+
+def list_images(prefix: str, storage: Mapping[str, Any] | None = None, layout: str = "auto") -> pa.Table:
+    """List a prefix: ``image_id`` is the key under the prefix; class folders give ``label``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"data.layout={layout!r}; choose one of {list(LAYOUTS)}")
+    fs, root = st.resolve(prefix, storage)
+    root = root.rstrip("/")
+    keys = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS))
+    if not keys:
+        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {prefix!r}")
+    rel = [k[len(root) + 1 :] for k in keys]
+    depth = {r.count("/") for r in rel}
+    if layout == "auto":
+        layout = "class_folders" if depth == {1} else "flat"
+    if layout == "class_folders" and depth != {1}:
+        raise ValueError(f"layout=class_folders expects <prefix>/<class>/<file>; found depths {sorted(depth)} under {prefix!r}")
+    labels = [r.split("/", 1)[0] for r in rel] if layout == "class_folders" else [None] * len(rel)
+    scheme = prefix.split("://", 1)[0] + "://" if st.is_remote(prefix) else ""
+    return pa.table(
+        {
+            "image_id": pa.array(rel, pa.string()),
+            "uri": pa.array([scheme + k for k in keys], pa.string()),
+            "label": pa.array(labels, pa.string()),
+        }
+    )
+
+
+def read_catalog(data: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
+    """The catalog as a Ray Dataset of ``image_id, uri, label`` (label may be null)."""
+    import ray.data
+
+    manifest = data.get("manifest")
+    prefix = data.get("images_prefix")
+    if prefix:
+        table = list_images(st.absolute(prefix), storage, data.get("layout", "auto"))
+        return ray.data.from_arrow(table)
+    if not manifest:
+        raise ValueError("set data.manifest (Parquet/CSV: image_id, uri, label, split) or data.images_prefix")
+    manifest = st.absolute(manifest)
+    if not st.exists(manifest, storage):
+        raise FileNotFoundError(f"manifest {manifest!r} not found; build one with jobs/make_catalog.py or set data.manifest")
+    fs, path = st.arrow_filesystem(manifest, storage)
+    if manifest.endswith(".csv"):
+        ds = ray.data.read_csv(path, filesystem=fs)
+    else:
+        ds = ray.data.read_parquet(path, filesystem=fs)
+    columns = ds.columns()
+    missing = {"image_id", "uri"} - set(columns)
+    if missing:
+        raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {columns}")
+    if split:
+        if "split" not in columns:
+            raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
+        ds = ds.filter(expr=f"split == '{split}'")
+    base = manifest.rsplit("/", 1)[0]
+    return ds.map_batches(_normalise_manifest, fn_kwargs={"base": base}, batch_format="pyarrow", zero_copy_batch=True, **CPU_STEP_REMOTE_ARGS)
+
+
+def _normalise_manifest(batch: pa.Table, base: str) -> pa.Table:
+    n = batch.num_rows
+    label = batch.column("label").cast(pa.string()) if "label" in batch.column_names else pa.nulls(n, pa.string())
+    uris = [_resolve_uri(u, base) for u in batch.column("uri").to_pylist()]
+    return pa.table({"image_id": batch.column("image_id").cast(pa.string()), "uri": pa.array(uris, pa.string()), "label": label})
+
+
+def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[bytes | BaseException]:
+    """Fetch objects concurrently (s3fs batches requests); per-object failures come back as values."""
+    if not uris:
+        return []
+    fs, _ = st.resolve(uris[0], storage)
+    paths = [st.resolve(u, storage)[1] for u in uris]
+    got = fs.cat(paths, on_error="return")
+    out: list[bytes | BaseException] = []
+    for p in paths:
+        v = got.get(p, FileNotFoundError(p)) if isinstance(got, dict) else got
+        if isinstance(v, BaseException):
+            v = _storage_error(v, p)
+        out.append(v)
+    return out
+
+
+def _storage_error(exc: BaseException, path: str) -> ImageError:
+    if isinstance(exc, FileNotFoundError):
+        return MissingObject(f"no object at {path}")
+    if isinstance(exc, PermissionError):
+        return AccessDenied(f"{path}: {exc}")
+    return ReadError(f"{path}: {type(exc).__name__}: {exc}")
+
+
+def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+    """``image_id, uri, label`` → ``image_id, uri, label, pixels (N,C,H,W uint8), error``.
+
+    The bytes never leave this function: only decoded, resized pixels move downstream.
+    """
+    spec = Preprocessing.from_dict(preprocessing)
+    uris = [str(u) for u in batch["uri"]]
+    n = len(uris)
+    pixels = np.zeros((n, *spec.shape), dtype=np.uint8)
+    errors = np.empty(n, dtype=object)
+    # Group by scheme so a mixed manifest (local + s3) still fetches in bulk.
+    by_scheme: dict[str, list[int]] = {}
+    for i, u in enumerate(uris):
+        by_scheme.setdefault(u.split("://", 1)[0] if "://" in u else "file", []).append(i)
+    for idx in by_scheme.values():
+        try:
+            fetched = _fetch_many([uris[i] for i in idx], storage)
+        except Exception as e:  # the whole request failed after retries: every row gets the error
+            fetched = [ReadError(f"{type(e).__name__}: {e}")] * len(idx)
+        for i, data in zip(idx, fetched):
+            if isinstance(data, BaseException):
+                errors[i] = error_string(data)
+                continue
+            try:
+                pixels[i] = decode(data, spec)
+                errors[i] = None
+            except ImageError as e:
+                errors[i] = error_string(e)
+            except Exception as e:  # a decoder bug must not cost the other rows
+                errors[i] = error_string(ReadError(f"unexpected {type(e).__name__}: {e}"))
+    return {
+        "image_id": np.asarray(batch["image_id"], dtype=object),
+        "uri": np.asarray(uris, dtype=object),
+        "label": np.asarray(batch["label"], dtype=object),
+        "pixels": pixels,
+        "error": errors,
+    }
+
+
+def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
+    """[1] read the catalog, [2] fetch and decode on CPU tasks."""
+    ds = read_catalog(data, storage, split=split)
+    return ds.map_batches(
+        fetch_and_decode,
+        fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {})},
+        batch_size=int(data.get("decode_batch_size", 256)),
+        batch_format="numpy",
+    )
+
+
+def is_error(e: Any) -> bool:
+    """Error cells may come back from Arrow as None or NaN when a whole batch is clean."""
+    return isinstance(e, str) and bool(e)
+
+
+def to_training(batch: dict[str, np.ndarray], classes: Sequence[str]) -> dict[str, np.ndarray]:
+    """Drop error rows and unlabeled rows; class names → indices."""
+    index = {c: i for i, c in enumerate(classes)}
+    ok = [not is_error(e) for e in batch["error"]]
+    keep = np.array([o and lbl in index for o, lbl in zip(ok, batch["label"])], dtype=bool)
+    unknown = {lbl for o, lbl in zip(ok, batch["label"]) if o and isinstance(lbl, str) and lbl not in index}
+    if unknown:
+        raise ValueError(f"manifest labels {sorted(unknown)[:10]} are not in data.classes={list(classes)}")
+    return {
+        "pixels": batch["pixels"][keep],
+        "y": np.array([index[lbl] for lbl in batch["label"][keep]], dtype=np.int64),
+    }
+
+
+def augment(batch: dict[str, np.ndarray], pad: int = 2, hflip: bool = True) -> dict[str, np.ndarray]:
+    """Random pad-and-crop and horizontal flip on ``uint8 (N,C,H,W)``; a fresh draw every epoch."""
+    x = batch["pixels"]
+    n, _, h, w = x.shape
+    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    out = x
+    if pad:
+        padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
+        dy = rng.integers(0, 2 * pad + 1, n)
+        dx = rng.integers(0, 2 * pad + 1, n)
+        rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
+        cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
+        out = padded[np.arange(n)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
+    if hflip:
+        flip = rng.random(n) < 0.5
+        out = out.copy() if out is x else out
+        out[flip] = out[flip][..., ::-1]
+    return {"pixels": np.ascontiguousarray(out), "y": batch["y"]}

@@ -1,0 +1,174 @@
+"""Decoding and preprocessing: the single definition shared by training, backfill and serving.
+
+Images become ``uint8`` arrays of shape ``(C, H, W)``; scaling to float and mean/std
+normalisation happen inside the model (:class:`catalog_vision.models.ImageClassifier`), so no
+caller can forget them or apply them twice.
+
+A bad image raises an :class:`ImageError` subclass; callers turn it into an error row.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+# Truncated files must fail loudly, not decode half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageError(Exception):
+    """Base class: an input that cannot become a model input."""
+
+
+class EmptyFile(ImageError):
+    pass
+
+
+class NotAnImage(ImageError):
+    pass
+
+
+class TruncatedImage(ImageError):
+    pass
+
+
+class ImageTooLarge(ImageError):
+    pass
+
+
+class MissingObject(ImageError):
+    pass
+
+
+class AccessDenied(ImageError):
+    pass
+
+
+class ReadError(ImageError):
+    pass
+
+
+def error_string(exc: BaseException) -> str:
+    """``'ErrorClass: message'``: the class is what the run manifest counts by."""
+    msg = str(exc).strip().replace("\n", " ")
+    return f"{type(exc).__name__}: {msg[:500]}"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How bytes become model input. Stored in every checkpoint."""
+
+    image_size: tuple[int, int] = (28, 28)  # (height, width)
+    channels: int = 1  # 1 = grayscale, 3 = RGB
+    mean: tuple[float, ...] = (0.2860,)
+    std: tuple[float, ...] = (0.3530,)
+    # Images with more pixels than this are rejected before the full decode (decompression bombs).
+    max_pixels: int = 50_000_000
+    resize: str = field(default="bilinear")
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise ValueError(f"preprocessing.channels must be 1 or 3, got {self.channels}")
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("preprocessing.mean and .std need one value per channel")
+        if self.resize not in _RESAMPLE:
+            raise ValueError(f"preprocessing.resize={self.resize!r}; choose one of {sorted(_RESAMPLE)}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        d = dict(d)
+        d["image_size"] = tuple(d.get("image_size", cls.image_size))
+        d["mean"] = tuple(d.get("mean", cls.mean))
+        d["std"] = tuple(d.get("std", cls.std))
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, *self.image_size)
+
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
+    """Bytes → ``uint8`` array ``(C, H, W)``, or an :class:`ImageError`."""
+    if not data:
+        raise EmptyFile("zero-byte object")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:  # PIL's own, far larger limit
+        raise ImageTooLarge(str(e)) from None
+    except Image.DecompressionBombWarning as e:
+        raise ImageTooLarge(str(e)) from None
+    except Exception as e:  # PIL raises UnidentifiedImageError, but also SyntaxError, ValueError, ...
+        raise NotAnImage(f"cannot identify image ({type(e).__name__}: {e})") from None
+    w, h = im.size
+    if w * h > spec.max_pixels:
+        raise ImageTooLarge(f"{w}x{h}={w * h} pixels exceeds max_pixels={spec.max_pixels}")
+    try:
+        im.seek(0)  # animated formats: first frame
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        im = _to_mode(im, spec.channels)
+        if im.size != (spec.image_size[1], spec.image_size[0]):
+            im = im.resize((spec.image_size[1], spec.image_size[0]), _RESAMPLE[spec.resize])
+        arr = np.asarray(im, dtype=np.uint8)
+    except OSError as e:
+        if "truncated" in str(e).lower() or "broken data stream" in str(e).lower():
+            raise TruncatedImage(str(e)) from None
+        raise NotAnImage(f"{type(e).__name__}: {e}") from None
+    except (ValueError, SyntaxError, EOFError) as e:
+        raise NotAnImage(f"{type(e).__name__}: {e}") from None
+    if arr.ndim == 2:
+        arr = arr[None]
+    else:
+        arr = arr.transpose(2, 0, 1)
+    return np.ascontiguousarray(arr)
+
+
+def _to_mode(im: Image.Image, channels: int) -> Image.Image:
+    """Any PIL mode → ``L`` or ``RGB``, compositing transparency on white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: scale to 8 bits rather than clipping.
+        a = np.asarray(im, dtype=np.float64)
+        peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+        im = Image.fromarray(np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA"):
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im.convert("RGBA"))
+    target = "L" if channels == 1 else "RGB"
+    if im.mode != target:
+        im = im.convert(target)
+    return im
+
+
+def encode_png(arr: np.ndarray) -> bytes:
+    """``(H, W)`` or ``(H, W, C)`` uint8 → PNG bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", optimize=False, compress_level=1)
+    return buf.getvalue()
+
+
+def encode_jpeg(arr: np.ndarray, quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()

@@ -1,0 +1,143 @@
+"""Model factory: one name → one :class:`ImageClassifier` with an explicit features/head seam.
+
+The embedding written by backfills is the L2-normalised output of ``forward_features``.
+Weights are never downloaded: ``pretrained`` is a path or URI the user names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class ImageClassifier(nn.Module):
+    """``uint8 (N, C, H, W)`` in, logits out; normalisation lives inside the model."""
+
+    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, mean: Sequence[float], std: Sequence[float], dropout: float = 0.0):
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = num_features
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.head = nn.Linear(num_features, num_classes)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=True)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=True)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.float() - self.mean) / self.std
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self.normalize(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(self.dropout(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+def small_cnn(in_chans: int, embed_dim: int = 128, width: int = 32, **_: Any) -> tuple[nn.Module, int]:
+    """Two conv+pool stages and a dense layer: the classic small-image CNN, sized for 28×28.
+
+    Works for any input size: an adaptive pool fixes the dense layer's input at 7×7.
+    """
+    backbone = nn.Sequential(
+        *_conv_bn(in_chans, width),
+        nn.MaxPool2d(2),
+        *_conv_bn(width, 2 * width),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(7),
+        nn.Flatten(),
+        nn.Dropout(0.25),
+        nn.Linear(2 * width * 49, embed_dim),
+        nn.ReLU(inplace=True),
+    )
+    return backbone, embed_dim
+
+
+def _torchvision(name: str) -> Callable[..., tuple[nn.Module, int]]:
+    def build(in_chans: int, **_: Any) -> tuple[nn.Module, int]:
+        import torchvision
+
+        model = torchvision.models.get_model(name, weights=None)
+        _adapt_first_conv(model, in_chans)
+        num_features = _strip_last_linear(model)
+        return model, num_features
+
+    build.__name__ = name
+    return build
+
+
+def _adapt_first_conv(model: nn.Module, in_chans: int) -> None:
+    """Replace the stem convolution so it takes ``in_chans`` channels."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d):
+                if child.in_channels != in_chans:
+                    setattr(
+                        parent,
+                        child_name,
+                        nn.Conv2d(in_chans, child.out_channels, child.kernel_size, child.stride, child.padding, child.dilation, child.groups, child.bias is not None),
+                    )
+                return
+
+
+def _strip_last_linear(model: nn.Module) -> int:
+    """Replace the classifier's final Linear with Identity; return its input width (the embedding size)."""
+    last = None
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Linear):
+                last = (parent, child_name, child)
+    if last is None:
+        raise ValueError("backbone has no Linear classifier to replace")
+    parent, child_name, child = last
+    setattr(parent, child_name, nn.Identity())
+    return child.in_features
+
+
+MODELS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
+    "small_cnn": small_cnn,
+    **{n: _torchvision(n) for n in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "vit_b_16")},
+}
+
+
+def build_model(model_cfg: Mapping[str, Any], num_classes: int, preprocessing: Mapping[str, Any]) -> ImageClassifier:
+    """Build from the ``model`` config group and the checkpoint's preprocessing dict."""
+    name = model_cfg["name"]
+    if name not in MODELS:
+        raise ValueError(f"unknown model.name={name!r}; choose one of {sorted(MODELS)}")
+    kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "dropout", "pretrained")}
+    backbone, num_features = MODELS[name](in_chans=int(preprocessing["channels"]), **kwargs)
+    model = ImageClassifier(backbone, num_features, num_classes, preprocessing["mean"], preprocessing["std"], float(model_cfg.get("dropout", 0.0) or 0.0))
+    if model_cfg.get("pretrained"):
+        load_backbone_weights(model, model_cfg["pretrained"])
+    return model
+
+
+def load_backbone_weights(model: ImageClassifier, uri: str, storage: Mapping[str, Any] | None = None) -> list[str]:
+    """Load a torchvision state_dict (``.pt``/``.pth``) or ``.safetensors`` into the backbone.
+
+    Loads without unpickling code (``weights_only=True``); tensors whose shapes do not fit (the
+    adapted stem, the replaced classifier) are skipped and returned.
+    """
+    import io
+
+    from . import storage as st
+
+    data = st.read_bytes(uri, storage)
+    if uri.endswith(".safetensors"):
+        from safetensors.torch import load as load_st
+
+        state = load_st(data)
+    else:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    target = model.backbone.state_dict()
+    fit = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+    model.backbone.load_state_dict(fit, strict=False)
+    return sorted(set(state) - set(fit))

@@ -1,0 +1,26 @@
+"""The whole chain in one Ray session: catalog → train → backfill → query summary."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+from .backfill import backfill
+from .catalog import make_catalog
+from .query import print_summary, summarize
+from .train import train
+
+
+def run_pipeline(cfg: Mapping[str, Any]) -> dict:
+    t0 = time.perf_counter()
+    cfg = dict(cfg)
+    steps = {}
+    steps["catalog"] = make_catalog(cfg)
+    steps["train"] = train(cfg)
+    bf_cfg = {**cfg, "predictor": {**cfg["predictor"], "checkpoint": steps["train"]["checkpoint"]}}
+    steps["backfill"] = backfill(bf_cfg)
+    steps["query"] = summarize(steps["backfill"]["output"], cfg["data"]["manifest"], cfg["storage"])
+    print_summary(steps["query"])
+    steps["seconds"] = round(time.perf_counter() - t0, 1)
+    print(f"pipeline done in {steps['seconds']}s: model {steps['train']['model_id']} -> {steps['backfill']['output']}", flush=True)
+    return steps

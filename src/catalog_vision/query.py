@@ -1,0 +1,71 @@
+"""Analyst queries over backfill outputs with DuckDB.
+
+Files are opened through the project's filesystem layer (local or any S3 endpoint) and handed to
+DuckDB as Arrow, so no DuckDB extension has to be downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Mapping
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from . import storage as st
+
+
+def read_predictions(uri: str, storage: Mapping[str, Any] | None = None, columns: list[str] | None = None) -> pa.Table:
+    """All Parquet files under ``uri`` (a run folder, a model folder or the predictions root)."""
+    fs, path = st.resolve(uri, storage)
+    files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+    if not files:
+        raise FileNotFoundError(f"no Parquet files under {uri!r}")
+    return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
+
+
+def read_manifest(uri: str, storage: Mapping[str, Any] | None = None) -> pa.Table:
+    data = st.read_bytes(uri, storage)
+    if uri.endswith(".csv"):
+        import pyarrow.csv as pacsv
+
+        return pacsv.read_csv(io.BytesIO(data))
+    return pq.read_table(io.BytesIO(data))
+
+
+def summarize(predictions: str, manifest: str | None = None, storage: Mapping[str, Any] | None = None, top: int = 10) -> dict:
+    """Label counts, low-confidence queue size, errors by class, and accuracy against the manifest."""
+    import duckdb
+
+    con = duckdb.connect()
+    preds = read_predictions(predictions, storage, columns=["image_id", "label", "score", "low_confidence", "error"])
+    con.register("preds", preds)
+    out: dict[str, Any] = {}
+    out["rows"], out["errors"], out["low_confidence"], out["mean_score"] = con.execute(
+        "SELECT count(*), count(error), count(*) FILTER (WHERE low_confidence), avg(score) FROM preds"
+    ).fetchone()
+    out["label_counts"] = dict(con.execute("SELECT label, count(*) n FROM preds WHERE error IS NULL GROUP BY label ORDER BY n DESC, label").fetchall())
+    out["errors_by_class"] = dict(
+        con.execute("SELECT split_part(error, ':', 1) AS cls, count(*) FROM preds WHERE error IS NOT NULL GROUP BY cls ORDER BY cls").fetchall()
+    )
+    if manifest:
+        con.register("manifest", read_manifest(manifest, storage))
+        row = con.execute(
+            """SELECT count(*) AS n, avg(CASE WHEN p.label = m.label THEN 1.0 ELSE 0.0 END) AS top1
+               FROM preds p JOIN manifest m USING (image_id)
+               WHERE p.error IS NULL AND m.label IS NOT NULL"""
+        ).fetchone()
+        out["labeled_rows"], out["accuracy"] = row[0], row[1]
+    return out
+
+
+def print_summary(s: Mapping[str, Any]) -> None:
+    print("query summary:")
+    print(f"  rows {s['rows']}  errors {s['errors']}  low_confidence {s['low_confidence']}  mean score {s['mean_score'] or 0:.4f}")
+    if "accuracy" in s and s["accuracy"] is not None:
+        print(f"  accuracy vs manifest labels: {s['accuracy']:.4f} on {s['labeled_rows']} labeled images")
+    print("  label counts: " + json.dumps(s["label_counts"]))
+    if s["errors_by_class"]:
+        print("  errors by class: " + json.dumps(s["errors_by_class"]))

@@ -1,0 +1,133 @@
+"""One way to reach object storage: local folders and ``s3://`` (any S3-compatible endpoint).
+
+Every read and write in catalog-vision goes through :func:`resolve`, so the same code runs on a
+laptop folder, MinIO, Ceph or AWS by changing the ``storage`` config group only. Credentials come
+from the environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN`` or an
+AWS profile), never from saved configs.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Mapping
+
+import fsspec
+import pyarrow.fs as pafs
+
+_SECRET_WORDS = ("secret", "password", "token", "credential", "access_key", "api_key")
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def absolute(uri: str) -> str:
+    """Local paths become absolute (Ray workers do not share the driver's cwd); URIs pass through."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if is_remote(uri):
+        return uri.rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+@functools.lru_cache(maxsize=8)
+def _filesystem(protocol: str, options_json: str) -> fsspec.AbstractFileSystem:
+    options = json.loads(options_json)
+    if protocol in ("s3", "s3a"):
+        import s3fs
+
+        client_kwargs = {}
+        if options.get("endpoint_url"):
+            client_kwargs["endpoint_url"] = options["endpoint_url"]
+        if options.get("region"):
+            client_kwargs["region_name"] = options["region"]
+        config_kwargs = {
+            # Retries with backoff for throttling (503 SlowDown), resets and timeouts.
+            "retries": {"max_attempts": int(options.get("max_attempts", 10)), "mode": "adaptive"},
+            "connect_timeout": float(options.get("connect_timeout", 10)),
+            "read_timeout": float(options.get("read_timeout", 60)),
+        }
+        return s3fs.S3FileSystem(
+            anon=bool(options.get("anon", False)),
+            client_kwargs=client_kwargs,
+            config_kwargs=config_kwargs,
+            # Listing caches would hide objects written by other processes during a run.
+            use_listings_cache=False,
+        )
+    if protocol in ("file", "local"):
+        return fsspec.filesystem("file", auto_mkdir=True)
+    return fsspec.filesystem(protocol, **options)
+
+
+def _options(storage: Mapping[str, Any] | None) -> dict:
+    storage = dict(storage or {})
+    return {k: v for k, v in storage.items() if k in ("endpoint_url", "region", "anon", "max_attempts", "connect_timeout", "read_timeout") and v is not None}
+
+
+def resolve(uri: str, storage: Mapping[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Return ``(filesystem, path)`` for a local path or URI, using the ``storage`` config."""
+    uri = absolute(uri)
+    if is_remote(uri):
+        protocol, path = uri.split("://", 1)
+    else:
+        protocol, path = "file", uri
+    fs = _filesystem(protocol, json.dumps(_options(storage), sort_keys=True))
+    return fs, path
+
+
+def arrow_filesystem(uri: str, storage: Mapping[str, Any] | None = None) -> tuple[pafs.FileSystem | None, str]:
+    """``(pyarrow filesystem, path)`` for Ray Data readers/writers and Ray Train storage.
+
+    Local paths return ``None`` so Ray uses its own local filesystem handling.
+    """
+    fs, path = resolve(uri, storage)
+    if not is_remote(absolute(uri)):
+        return None, path
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def read_bytes(uri: str, storage: Mapping[str, Any] | None = None) -> bytes:
+    fs, path = resolve(uri, storage)
+    return fs.cat_file(path)
+
+
+def write_bytes(uri: str, data: bytes, storage: Mapping[str, Any] | None = None) -> None:
+    fs, path = resolve(uri, storage)
+    parent = path.rsplit("/", 1)[0]
+    if not is_remote(absolute(uri)):
+        os.makedirs(parent, exist_ok=True)
+    fs.pipe_file(path, data)
+
+
+def write_json(uri: str, obj: Any, storage: Mapping[str, Any] | None = None) -> None:
+    write_bytes(uri, json.dumps(obj, indent=2, sort_keys=True, default=str).encode(), storage)
+
+
+def read_json(uri: str, storage: Mapping[str, Any] | None = None) -> Any:
+    return json.loads(read_bytes(uri, storage))
+
+
+def exists(uri: str, storage: Mapping[str, Any] | None = None) -> bool:
+    fs, path = resolve(uri, storage)
+    return fs.exists(path)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of a config with every secret-looking value replaced by ``'***'``."""
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if any(word in str(k).lower() for word in _SECRET_WORDS) and v is not None:
+                out[k] = "***"
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
