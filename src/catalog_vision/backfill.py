@@ -76,6 +76,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         batch_format="numpy",
         num_gpus=num_gpus,
         num_cpus=float(p["cpus_per_actor"]),
+        memory=float(p["memory_mb"]) * 2**20,
     )
     # [4]
     arrow_fs, write_path = st.arrow_filesystem(out, storage)

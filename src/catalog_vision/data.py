@@ -15,10 +15,10 @@ import pyarrow as pa
 from . import storage as st
 from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, decode, error_string
 
-# Explicit retries for the CPU steps. Besides being what we want, remote args that differ from the
-# predictor's keep Ray Data from fusing decode into the inference actors, so the CPU decode step
-# and the model step run as separate operators and overlap.
-CPU_STEP_REMOTE_ARGS = {"max_retries": 3}
+# Memory reserved per decode task (MiB) unless data.decode_memory_mb says otherwise. Besides
+# scheduling, a declared memory that differs from the predictor's keeps Ray Data from fusing decode
+# into the inference actors, so the CPU decode step and the model step overlap as separate operators.
+DECODE_MEMORY_MB = 256
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = ("auto", "flat", "class_folders")
@@ -57,6 +57,10 @@ def list_images(prefix: str, storage: Mapping[str, Any] | None = None, layout: s
     )
 
 
+def _decode_memory(data: Mapping[str, Any]) -> float:
+    return float(data.get("decode_memory_mb") or DECODE_MEMORY_MB) * 2**20
+
+
 def read_catalog(data: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
     """The catalog as a Ray Dataset of ``image_id, uri, label`` (label may be null)."""
     import ray.data
@@ -85,7 +89,7 @@ def read_catalog(data: Mapping[str, Any], storage: Mapping[str, Any] | None = No
             raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
         ds = ds.filter(expr=f"split == '{split}'")
     base = manifest.rsplit("/", 1)[0]
-    return ds.map_batches(_normalise_manifest, fn_kwargs={"base": base}, batch_format="pyarrow", zero_copy_batch=True, **CPU_STEP_REMOTE_ARGS)
+    return ds.map_batches(_normalise_manifest, fn_kwargs={"base": base}, batch_format="pyarrow", zero_copy_batch=True, memory=_decode_memory(data))
 
 
 def _normalise_manifest(batch: pa.Table, base: str) -> pa.Table:
@@ -161,11 +165,15 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
 def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
     """[1] read the catalog, [2] fetch and decode on CPU tasks."""
     ds = read_catalog(data, storage, split=split)
+    batch_size = int(data.get("decode_batch_size", 256))
+    # A manifest is often one Parquet file, i.e. one block: split it so decode runs in parallel tasks.
+    ds = ds.repartition(target_num_rows_per_block=batch_size)
     return ds.map_batches(
         fetch_and_decode,
         fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {})},
-        batch_size=int(data.get("decode_batch_size", 256)),
+        batch_size=batch_size,
         batch_format="numpy",
+        memory=_decode_memory(data),
     )
 
 

@@ -1,0 +1,166 @@
+"""Shared fixtures: a real S3 endpoint (moto server on 127.0.0.1), a real local Ray, real catalogs.
+
+Order matters: the S3 environment variables are set before Ray starts so Ray's workers inherit
+them, exactly as on a cluster whose nodes carry credentials in their environment.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+FMNIST = Path(os.environ.get("CV_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+BUCKET = "cv-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_cfg(*overrides: str) -> dict:
+    """Compose the real configs, as the jobs do, and resolve them to plain containers."""
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server over HTTP on 127.0.0.1, with a bucket; credentials via the environment."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    import boto3
+
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
+    yield endpoint
+    server.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    import ray
+
+    ray.init(num_cpus=6, include_dashboard=True, log_to_driver=True)
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fmnist() -> Path:
+    if not (FMNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.fail(f"Fashion-MNIST not found in {FMNIST}: run `apt-get install dataset-fashion-mnist` (tests/run.sh does) or set CV_FASHION_MNIST")
+    return FMNIST
+
+
+@pytest.fixture(scope="session")
+def local_catalog(tmp_path_factory, ray_local, fmnist):
+    """A small real catalog (PNG files + manifest) built by make_catalog, plus its config."""
+    from catalog_vision import make_catalog
+
+    root = tmp_path_factory.mktemp("local")
+    cfg = make_cfg("experiment=smoke", f"paths.root={root}", f"data.source={fmnist}")
+    summary = make_catalog(cfg)
+    return {"root": root, "cfg": cfg, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def random_checkpoint(tmp_path_factory):
+    """A small_cnn checkpoint with weights made here (seeded init), in the real checkpoint format."""
+    import torch
+
+    from catalog_vision import checkpoint as ckpt
+    from catalog_vision.models import build_model
+
+    cfg = make_cfg("experiment=smoke")
+    torch.manual_seed(0)
+    model = build_model(cfg["model"], len(cfg["data"]["classes"]), cfg["data"]["preprocessing"])
+    path = tmp_path_factory.mktemp("ckpt") / "model"
+    meta = {"model": cfg["model"], "classes": cfg["data"]["classes"], "preprocessing": cfg["data"]["preprocessing"], "task": "multiclass", "embedding_dim": model.num_features, "epoch": 0, "metrics": {}}
+    ckpt.save(str(path), model, meta)
+    return str(path)
+
+
+def jpeg_bytes(arr: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+BAD_INPUTS = {
+    # image_id: (filename or None for a missing object, bytes, expected error class)
+    "bad-truncated": ("bad-truncated.jpg", "truncated", "TruncatedImage"),
+    "bad-empty": ("bad-empty.png", b"", "EmptyFile"),
+    "bad-text": ("bad-text.png", b"this is not an image, it is a text file named .png\n", "NotAnImage"),
+    "bad-missing": ("bad-missing.png", None, "MissingObject"),
+}
+
+
+def write_hostile_manifest(catalog_manifest: str, target_prefix: str, write, split: str = "test") -> tuple[str, int]:
+    """Append corrupt inputs to a copy of a real manifest; ``write(uri, bytes)`` stores objects.
+
+    Returns the new manifest URI and the number of good rows in the split.
+    """
+    table = pq.read_table(io.BytesIO(read_any(catalog_manifest)))
+    good = table.filter(pa.compute.equal(table["split"], split))
+    rng = np.random.default_rng(0)
+    real = (rng.random((28, 28)) * 255).astype(np.uint8)
+    rows = {"image_id": [], "uri": [], "label": [], "split": []}
+    for image_id, (name, data, _) in BAD_INPUTS.items():
+        uri = f"{target_prefix}/hostile/{name}"
+        if data == "truncated":
+            full = jpeg_bytes(real)
+            data = full[: len(full) // 2]
+        if data is not None:
+            write(uri, data)
+        rows["image_id"].append(image_id)
+        rows["uri"].append(uri)
+        rows["label"].append("Bag")
+        rows["split"].append(split)
+    bad = pa.table({k: pa.array(v, pa.string()) for k, v in rows.items()})
+    merged = pa.concat_tables([good.select(bad.column_names), bad])
+    buf = io.BytesIO()
+    pq.write_table(merged, buf)
+    uri = f"{target_prefix}/hostile-manifest.parquet"
+    write(uri, buf.getvalue())
+    return uri, good.num_rows
+
+
+def read_any(uri: str) -> bytes:
+    from catalog_vision import storage as st
+
+    return st.read_bytes(uri, {"endpoint_url": os.environ.get("AWS_ENDPOINT_URL")})

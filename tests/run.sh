@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The test suite against a real local Ray, a real S3 endpoint (moto server on 127.0.0.1), real HTTP.
+# Extra arguments go to pytest, e.g.  bash tests/run.sh -m "not slow"  or  bash tests/run.sh -k s3
+CV_EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/../jobs/setup_env.sh"
+exec python -m pytest tests "$@"

@@ -1,0 +1,131 @@
+"""Backfills on a real local Ray, from a local folder and from a real S3 endpoint over HTTP."""
+
+import io
+import json
+import os
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from catalog_vision import backfill, make_catalog
+from catalog_vision import storage as st
+from catalog_vision.data import list_images
+from catalog_vision.images import Preprocessing, decode
+from catalog_vision.infer import Predictor
+from catalog_vision.query import read_predictions, summarize
+from conftest import BAD_INPUTS, BUCKET, make_cfg, write_hostile_manifest
+
+EXPECTED_ERRORS = {cls: 1 for _, _, cls in BAD_INPUTS.values()}
+
+
+def check_run(manifest: dict, n_good: int, storage: dict) -> pa.Table:
+    counts = manifest["counts"]
+    assert counts["inputs"] == n_good + len(BAD_INPUTS)
+    assert counts["predicted"] == n_good and counts["errors"] == len(BAD_INPUTS)
+    assert counts["inputs"] == counts["predicted"] + counts["errors"] == counts["rows"] == counts["distinct_image_ids"]
+    assert counts["errors_by_class"] == EXPECTED_ERRORS
+    table = read_predictions(manifest["output"], storage)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 128)
+    rows = table.to_pylist()
+    by_id = {r["image_id"]: r for r in rows}
+    assert len(by_id) == len(rows) == counts["inputs"]
+    for image_id, (_, _, cls) in BAD_INPUTS.items():
+        r = by_id[image_id]
+        assert r["error"].startswith(cls + ": ") and r["label"] is None and r["embedding"] is None
+    good = [r for r in rows if r["error"] is None]
+    for r in good:
+        assert r["label"] == r["topk_labels"][0] and r["labels"] == [r["label"]]
+        assert len(r["topk_labels"]) == 5 and r["topk_scores"] == sorted(r["topk_scores"], reverse=True)
+        assert abs(r["score"] - r["topk_scores"][0]) < 1e-6
+        assert r["low_confidence"] == (r["score"] < 0.5)
+        assert abs(np.linalg.norm(r["embedding"]) - 1) < 1e-4
+        assert r["model_id"] == manifest["model_id"] and r["run_id"] == manifest["run_id"]
+    return table
+
+
+def test_local_backfill_with_corrupt_inputs(local_catalog, random_checkpoint, tmp_path):
+    root = Path(local_catalog["root"])
+    manifest_uri, n_good = write_hostile_manifest(str(root / "catalog" / "manifest.parquet"), str(tmp_path), lambda u, b: st.write_bytes(u, b))
+    cfg = make_cfg(
+        "experiment=smoke",
+        f"paths.root={tmp_path}",
+        f"data.manifest={manifest_uri}",
+        f"predictor.checkpoint={random_checkpoint}",
+        "+storage.aws_secret_access_key=sneaky-value",
+    )
+    out = backfill(cfg)
+    table = check_run(out, n_good, cfg["storage"])
+
+    # DuckDB reads the Parquet straight from disk.
+    files = f"{out['output']}/*.parquet"
+    n, distinct, dim = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id), max(len(embedding)) FROM read_parquet('{files}')").fetchone()
+    assert (n, distinct, dim) == (n_good + 4, n_good + 4, 128)
+
+    # The run manifest beside the Parquet, with the secret redacted.
+    run = json.loads((Path(out["output"]) / "_run.json").read_text())
+    assert run["counts"] == out["counts"] and "sneaky-value" not in json.dumps(run)
+    assert run["config"]["storage"]["aws_secret_access_key"] == "***"
+
+    # Offline == direct: the same checkpoint on the same bytes gives the same label and score.
+    predictor = Predictor(random_checkpoint, topk=5)
+    spec = Preprocessing.from_dict(predictor.loaded.preprocessing)
+    sample = [r for r in table.to_pylist() if r["error"] is None][:16]
+    pixels = np.stack([decode(Path(r["uri"]).read_bytes(), spec) for r in sample])
+    probs, emb = predictor.predict_pixels(pixels)
+    for r, p, e in zip(sample, probs, emb):
+        assert r["label"] == predictor.classes[int(p.argmax())]
+        assert abs(r["score"] - float(p.max())) < 1e-5
+        np.testing.assert_allclose(r["embedding"], e, atol=1e-5)
+
+    # A second run writes a separate, equally complete run folder.
+    again = backfill(cfg)
+    assert again["run_id"] != out["run_id"] and again["counts"] == out["counts"]
+
+
+def test_backfill_from_a_listed_prefix(local_catalog, random_checkpoint, tmp_path):
+    """Folder-per-class layout: labels come from folder names; no manifest needed."""
+    src = Path(local_catalog["root"]) / "catalog" / "images"
+    prefix = tmp_path / "by_class"
+    for i, f in enumerate(sorted(src.glob("test-*.png"))[:20]):
+        cls = ["Bag", "Sandal"][i % 2]
+        (prefix / cls).mkdir(parents=True, exist_ok=True)
+        (prefix / cls / f.name).write_bytes(f.read_bytes())
+    (prefix / "Bag" / "broken.png").write_bytes(b"GIF89a-not-really")
+    listed = list_images(str(prefix))
+    assert listed.num_rows == 21 and set(listed.column("label").to_pylist()) == {"Bag", "Sandal"}
+    cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"data.images_prefix={prefix}", "data.split=null", f"predictor.checkpoint={random_checkpoint}")
+    out = backfill(cfg)
+    assert out["counts"]["inputs"] == 21 and out["counts"]["errors_by_class"] == {"NotAnImage": 1}
+
+
+@pytest.mark.slow
+def test_s3_catalog_and_backfill(ray_local, s3_endpoint, fmnist, random_checkpoint):
+    """The same code over a real S3 endpoint: catalog written to S3, read from S3, Parquet to S3."""
+    root = f"s3://{BUCKET}/s3run"
+    cfg = make_cfg("experiment=smoke", "storage=s3", f"paths.root={root}", f"data.source={fmnist}", "data.limit.train=64", "data.limit.val=32", "data.limit.test=96")
+    assert cfg["storage"]["endpoint_url"] == s3_endpoint
+    summary = make_catalog(cfg)
+    assert summary["images"] == 64 + 32 + 96
+    storage = cfg["storage"]
+    manifest_uri, n_good = write_hostile_manifest(summary["manifest"], root, lambda u, b: st.write_bytes(u, b, storage))
+    # The checkpoint lives in the bucket too.
+    from catalog_vision import checkpoint as ckpt
+
+    s3_ckpt = ckpt.copy(random_checkpoint, f"{root}/models/random", storage)
+    cfg = make_cfg("experiment=smoke", "storage=s3", f"paths.root={root}", f"data.manifest={manifest_uri}", f"predictor.checkpoint={s3_ckpt}")
+    out = backfill(cfg)
+    assert out["output"].startswith(f"s3://{BUCKET}/s3run/output/predictions/")
+    check_run(out, n_good, storage)
+    s = summarize(out["output"], summary["manifest"], storage)
+    assert s["rows"] == n_good + 4 and s["errors"] == 4 and 0.0 <= s["accuracy"] <= 1.0 and s["labeled_rows"] == n_good
+    # The run manifest is in the bucket beside the Parquet.
+    run = st.read_json(f"{out['output']}/_run.json", storage)
+    assert run["counts"]["inputs"] == n_good + 4
+    import boto3
+
+    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix=out["output"].split(BUCKET + "/", 1)[1])["Contents"]]
+    assert any(k.endswith(".parquet") for k in keys) and any(k.endswith("_run.json") for k in keys)
