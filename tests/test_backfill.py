@@ -24,9 +24,9 @@ EXPECTED_ERRORS = {cls: 1 for _, _, cls in BAD_INPUTS.values()}
 
 def check_run(manifest: dict, n_good: int, storage: dict) -> pa.Table:
     counts = manifest["counts"]
-    assert counts["inputs"] == n_good + len(BAD_INPUTS)
+    assert counts["inputs"] == n_good + len(BAD_INPUTS) and counts["skipped"] == 0
     assert counts["predicted"] == n_good and counts["errors"] == len(BAD_INPUTS)
-    assert counts["inputs"] == counts["predicted"] + counts["errors"] == counts["rows"] == counts["distinct_image_ids"]
+    assert counts["inputs"] == counts["predicted"] + counts["errors"] == counts["model_rows"] == counts["model_distinct_image_ids"]
     assert counts["errors_by_class"] == EXPECTED_ERRORS
     table = read_predictions(manifest["output"], storage)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 128)
@@ -81,9 +81,11 @@ def test_local_backfill_with_corrupt_inputs(local_catalog, random_checkpoint, tm
         assert abs(r["score"] - float(p.max())) < 1e-5
         np.testing.assert_allclose(r["embedding"], e, atol=1e-5)
 
-    # A second run writes a separate, equally complete run folder.
+    # The same model again: everything is already labeled, nothing is redone or duplicated.
     again = backfill(cfg)
-    assert again["run_id"] != out["run_id"] and again["counts"] == out["counts"]
+    assert again["run_id"] != out["run_id"]
+    assert again["counts"]["skipped"] == n_good + 4 and again["counts"]["predicted"] == again["counts"]["errors"] == 0
+    assert again["counts"]["model_rows"] == again["counts"]["model_distinct_image_ids"] == n_good + 4
 
 
 def test_backfill_from_a_listed_prefix(local_catalog, random_checkpoint, tmp_path):

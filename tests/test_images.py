@@ -73,3 +73,45 @@ def test_bad_preprocessing_values_name_the_choices():
         Preprocessing(channels=2, mean=(0.5, 0.5), std=(0.5, 0.5))
     with pytest.raises(ValueError, match="bilinear"):
         Preprocessing(resize="lanczos9")
+
+
+def test_cmyk_jpeg_decodes_to_rgb():
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red in CMYK
+    out = decode(encode(cmyk, "JPEG", quality=95), RGB)
+    r, g, b = (int(out[c].mean()) for c in range(3))
+    assert out.shape == (3, 32, 32) and r > 200 and g < 60 and b < 60
+
+
+def test_palette_png():
+    pal = Image.new("P", (8, 8))
+    pal.putpalette([0, 0, 0, 10, 200, 30] + [0] * 762)
+    pal.paste(1, (0, 0, 8, 8))
+    out = decode(encode(pal, "PNG"), RGB)
+    assert tuple(int(out[c, 0, 0]) for c in range(3)) == (10, 200, 30)
+
+
+def test_exif_rotation_is_applied():
+    # A 20x10 landscape image whose EXIF says "rotate 90° CW" (orientation 6) is portrait once applied.
+    arr = np.zeros((10, 20), np.uint8)
+    arr[:, :10] = 255  # left half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(Image.fromarray(arr), "JPEG", exif=exif.tobytes(), quality=100)
+    spec = Preprocessing(image_size=(20, 10), channels=1, mean=(0.5,), std=(0.5,))
+    out = decode(data, spec)[0]
+    assert out.shape == (20, 10)
+    assert out[:10].mean() > 200 and out[10:].mean() < 50  # the white half is now on top
+
+
+def test_animated_gif_uses_first_frame():
+    frames = [Image.new("L", (8, 8), 0), Image.new("L", (8, 8), 255)]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    out = decode(buf.getvalue(), GRAY)
+    assert (out == 0).all()
+
+
+def test_unsupported_format_is_not_an_image():
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
+    with pytest.raises(NotAnImage):
+        decode(svg, GRAY)

@@ -3,7 +3,8 @@
 [1] Read the catalog (manifest, or a listed prefix).
 [2] Fetch and decode on CPU tasks; bytes are dropped inside that step.
 [3] Predict in an actor pool (``map_batches`` + ``ActorPoolStrategy``); GPUs by config.
-[4] Write Parquet to ``<predictions>/<model_id>/<run_id>/`` and a run manifest ``_run.json``.
+[4] Commit Parquet files to ``<predictions>/<model_id>/<run_id>/`` (see :mod:`.sink`) and write
+    a run manifest ``_run.json``.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ import logging
 import time
 from typing import Any, Mapping
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from . import checkpoint as ckpt
 from . import storage as st
-from .data import decoded_catalog, read_catalog
+from .data import decode_catalog, read_catalog
+from .sink import commit_batch, committed_files, committed_ids
 from .infer import DTYPES, Predictor
 from .runtime import init_ray, new_run_id
 
@@ -31,8 +35,32 @@ def output_dir(predictions_root: str, model_id: str, run_id: str) -> str:
     return st.join(st.absolute(predictions_root), model_id, run_id)
 
 
+def _skip_done(batch: pa.Table, done: pa.Array) -> pa.Table:
+    if len(done) == 0:
+        return batch
+    return batch.filter(pc.invert(pc.is_in(batch.column("image_id"), value_set=done)))
+
+
+def catalog_ids(data: Mapping[str, Any], storage: Mapping[str, Any] | None) -> pa.Array:
+    """The selected catalog's image ids (duplicates are a manifest error: they'd break one-row-per-image)."""
+    import ray
+
+    ds = read_catalog(data, storage, split=data.get("split")).select_columns(["image_id"])
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    ids = pa.concat_tables(tables).column("image_id").combine_chunks() if tables else pa.array([], pa.string())
+    if len(pc.unique(ids)) != len(ids):
+        counts = pc.value_counts(ids)
+        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:5]
+        raise ValueError(f"the catalog has duplicate image_id values, e.g. {dup}; each image needs a unique id")
+    return ids
+
+
 def backfill(cfg: Mapping[str, Any]) -> dict:
-    """Run a backfill from a resolved config (plain dict); returns the run manifest."""
+    """Run (or resume) a backfill from a resolved config (plain dict); returns the run manifest.
+
+    Images already committed for this model (by any earlier run, finished or killed) are skipped,
+    so a rerun after a crash, or after images were added to the catalog, labels only the rest.
+    """
     import ray.data
 
     timings: dict[str, float] = {}
@@ -48,46 +76,70 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     meta = ckpt.read_meta(checkpoint, storage)
     model_id = ckpt.model_id_of(meta)
     run_id = cfg.get("run_id") or new_run_id()
-    out = output_dir(cfg["paths"]["predictions"], model_id, run_id)
-    fs, out_path = st.resolve(out, storage)
-    if fs.exists(out_path) and fs.ls(out_path):
-        raise FileExistsError(f"{out} already holds output; choose a new run_id")
+    model_dir = st.join(st.absolute(cfg["paths"]["predictions"]), model_id)
+    out = st.join(model_dir, run_id)
 
-    # [1] + [2]
-    inputs = read_catalog(data, storage, split=data.get("split")).count()
-    ds = decoded_catalog(data, meta["preprocessing"], storage, split=data.get("split"))
-    # [3]
-    num_gpus = float(p["num_gpus"])
-    ds = ds.map_batches(
-        Predictor,
-        fn_constructor_kwargs={
-            "checkpoint": checkpoint,
-            "storage": dict(storage),
-            "device": p["device"],
-            "dtype": p["dtype"],
-            "topk": int(p["topk"]),
-            "low_confidence_threshold": float(p["low_confidence_threshold"]),
-            "run_id": run_id,
-            "channels_last": bool(p["channels_last"]),
-            "num_threads": p.get("threads_per_actor"),
-        },
-        compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"])),
-        batch_size=int(p["batch_size"]),
-        batch_format="numpy",
-        num_gpus=num_gpus,
-        num_cpus=float(p["cpus_per_actor"]),
-        memory=float(p["memory_mb"]) * 2**20,
-    )
-    # [4]
-    arrow_fs, write_path = st.arrow_filesystem(out, storage)
-    ds.write_parquet(write_path, filesystem=arrow_fs, min_rows_per_file=int(cfg["output"]["min_rows_per_file"]), compression=cfg["output"]["compression"])
+    # [1] The catalog, minus what this model has already committed.
+    ids = catalog_ids(data, storage)
+    done = committed_ids(model_dir, storage)
+    skipped = int(pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0) if len(done) else 0
+    timings["plan_s"] = time.perf_counter() - t0
+    log.info("backfill %s: %d images in the catalog, %d already labeled by %s, %d to do", run_id, len(ids), skipped, model_id, len(ids) - skipped)
+    receipts = []
+    if skipped < len(ids):
+        ds = read_catalog(data, storage, split=data.get("split"))
+        ds = ds.map_batches(_skip_done, fn_kwargs={"done": done}, batch_format="pyarrow", zero_copy_batch=True)
+        # [2] Fetch + decode on CPU tasks.
+        ds = decode_catalog(ds, data, meta["preprocessing"], storage)
+        # [3] Predict in an actor pool.
+        ds = ds.map_batches(
+            Predictor,
+            fn_constructor_kwargs={
+                "checkpoint": checkpoint,
+                "storage": dict(storage),
+                "device": p["device"],
+                "dtype": p["dtype"],
+                "topk": int(p["topk"]),
+                "low_confidence_threshold": float(p["low_confidence_threshold"]),
+                "run_id": run_id,
+                "channels_last": bool(p["channels_last"]),
+                "num_threads": p.get("threads_per_actor"),
+            },
+            compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"])),
+            batch_size=int(p["batch_size"]),
+            batch_format="numpy",
+            num_gpus=float(p["num_gpus"]),
+            num_cpus=float(p["cpus_per_actor"]),
+            memory=float(p["memory_mb"]) * 2**20,
+        )
+        # [4] Commit files of output.rows_per_file rows each, atomically.
+        ds = ds.map_batches(
+            commit_batch,
+            fn_kwargs={"out_dir": out, "storage": dict(storage), "compression": cfg["output"]["compression"]},
+            batch_size=int(cfg["output"]["rows_per_file"]),
+            batch_format="pyarrow",
+            zero_copy_batch=True,
+        )
+        receipts = list(ds.iter_rows())
     timings["pipeline_s"] = time.perf_counter() - t0
 
-    counts = count_output(out, storage)
-    counts["inputs"] = inputs
-    if counts["rows"] != inputs or counts["distinct_image_ids"] != inputs:
-        log.error("row count mismatch: %d inputs, %d rows, %d distinct image_ids", inputs, counts["rows"], counts["distinct_image_ids"])
+    this_run = count_files([r["file"] for r in receipts], storage)
+    total = count_files(committed_files(model_dir, storage), storage, restrict_to=ids)
     timings["total_s"] = time.perf_counter() - t0
+    counts = {
+        "inputs": len(ids),
+        "skipped": skipped,
+        "predicted": this_run["predicted"],
+        "errors": this_run["errors"],
+        "errors_by_class": this_run["errors_by_class"],
+        "files": len(receipts),
+        "model_rows": total["rows"],
+        "model_distinct_image_ids": total["distinct_image_ids"],
+        "model_errors_by_class": total["errors_by_class"],
+    }
+    if counts["skipped"] + counts["predicted"] + counts["errors"] != counts["inputs"] or total["rows"] != total["distinct_image_ids"]:
+        log.error("count mismatch: %s", counts)
+    done_now = counts["predicted"] + counts["errors"]
     manifest = {
         "run_id": run_id,
         "model_id": model_id,
@@ -95,33 +147,37 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         "output": out,
         "counts": counts,
         "timings": {k: round(v, 2) for k, v in timings.items()},
-        "images_per_s": round(counts["inputs"] / max(1e-9, timings["pipeline_s"]), 1),
+        "images_per_s": round(done_now / max(1e-9, timings["pipeline_s"] - timings["plan_s"]), 1),
         "config": st.redact(dict(cfg)),
     }
     st.write_json(st.join(out, RUN_MANIFEST), manifest, storage)
     c = counts
     print(
-        f"backfill summary: {c['inputs']} inputs = {c['predicted']} predicted + {c['errors']} errors "
-        f"{json.dumps(c['errors_by_class'])}; {manifest['images_per_s']} images/s; wrote {c['files']} Parquet files to {out}",
+        f"backfill summary: {c['inputs']} inputs = {c['skipped']} already labeled + {c['predicted']} predicted + {c['errors']} errors "
+        f"{json.dumps(c['errors_by_class'])}; {manifest['images_per_s']} images/s; wrote {c['files']} Parquet files to {out}; "
+        f"{model_id} now has {c['model_rows']} rows for this catalog",
         flush=True,
     )
     return manifest
 
 
-def count_output(out: str, storage: Mapping[str, Any] | None = None) -> dict:
-    """Counts read back from the written Parquet (what readers will see, not what we meant to write)."""
-    fs, path = st.resolve(out, storage)
-    files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
-    dataset = pads.dataset(files, filesystem=fs, format="parquet")
-    table = dataset.to_table(columns=["image_id", "error"])
+def count_files(files: list[str], storage: Mapping[str, Any] | None = None, restrict_to: pa.Array | None = None) -> dict:
+    """Counts read back from committed Parquet files (what readers see, not what we meant to write)."""
+    if files:
+        fs, _ = st.resolve(files[0], storage)
+        paths = [st.resolve(f, storage)[1] for f in files]
+        table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["image_id", "error"])
+        if restrict_to is not None:
+            table = table.filter(pc.is_in(table.column("image_id"), value_set=restrict_to))
+    else:
+        table = pa.table({"image_id": pa.array([], pa.string()), "error": pa.array([], pa.string())})
     errors = [e for e in table.column("error").to_pylist() if e is not None]
     by_class = collections.Counter(e.split(":", 1)[0] for e in errors)
-    ids = table.column("image_id")
     return {
         "rows": table.num_rows,
         "predicted": table.num_rows - len(errors),
         "errors": len(errors),
         "errors_by_class": dict(sorted(by_class.items())),
-        "distinct_image_ids": len(set(ids.to_pylist())),
+        "distinct_image_ids": len(pc.unique(table.column("image_id"))),
         "files": len(files),
     }

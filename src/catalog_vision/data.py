@@ -162,9 +162,8 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
     }
 
 
-def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
-    """[1] read the catalog, [2] fetch and decode on CPU tasks."""
-    ds = read_catalog(data, storage, split=split)
+def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None):
+    """[2] fetch and decode on CPU tasks: ``image_id, uri, label`` → ``+ pixels, error``."""
     batch_size = int(data.get("decode_batch_size", 256))
     # A manifest is often one Parquet file, i.e. one block: split it so decode runs in parallel tasks.
     ds = ds.repartition(target_num_rows_per_block=batch_size)
@@ -175,6 +174,11 @@ def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], s
         batch_format="numpy",
         memory=_decode_memory(data),
     )
+
+
+def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
+    """[1] read the catalog, [2] fetch and decode on CPU tasks."""
+    return decode_catalog(read_catalog(data, storage, split=split), data, preprocessing, storage)
 
 
 def is_error(e: Any) -> bool:

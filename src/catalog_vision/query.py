@@ -20,7 +20,8 @@ from . import storage as st
 def read_predictions(uri: str, storage: Mapping[str, Any] | None = None, columns: list[str] | None = None) -> pa.Table:
     """All Parquet files under ``uri`` (a run folder, a model folder or the predictions root)."""
     fs, path = st.resolve(uri, storage)
-    files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
+    # Committed files only: in-flight temp files start with "." (see sink.py).
+    files = sorted(f for f in fs.find(path) if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith("."))
     if not files:
         raise FileNotFoundError(f"no Parquet files under {uri!r}")
     return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
