@@ -104,7 +104,10 @@ def make_catalog(cfg: Mapping[str, Any]) -> dict:
     write = ray.remote(_write_chunk).options(num_cpus=1)
     chunk = int(data.get("write_chunk", 2000))
     for split, (x, y) in splits.items():
-        n = min(len(x), int(limits.get(split) or len(x)))
+        limit = limits.get(split)
+        n = len(x) if limit is None else min(len(x), int(limit))
+        if n == 0:
+            continue
         ids = [f"{split}-{i:05d}" for i in range(n)]
         uris = [st.join(catalog, "images", f"{i}.{'jpg' if fmt == 'jpeg' else 'png'}") for i in ids]
         rows["image_id"] += ids
