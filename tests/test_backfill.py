@@ -65,6 +65,11 @@ def test_local_backfill_with_corrupt_inputs(local_catalog, random_checkpoint, tm
     n, distinct, dim = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id), max(len(embedding)) FROM read_parquet('{files}')").fetchone()
     assert (n, distinct, dim) == (n_good + 4, n_good + 4, 128)
 
+    # The dead-letter table: one row per failure, with its class.
+    dead = pq.read_table(out["dead_letter"]).to_pylist()
+    assert {r["image_id"]: r["error_class"] for r in dead} == {k: v[2] for k, v in BAD_INPUTS.items()}
+    assert not list(Path(out["output"]).glob("*dead*"))  # kept apart from the predictions table
+
     # The run manifest beside the Parquet, with the secret redacted.
     run = json.loads((Path(out["output"]) / "_run.json").read_text())
     assert run["counts"] == out["counts"] and "sneaky-value" not in json.dumps(run)

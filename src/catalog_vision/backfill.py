@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import collections
+import io
 import json
 import logging
 import time
@@ -18,6 +19,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from . import checkpoint as ckpt
 from . import storage as st
@@ -124,6 +126,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     timings["pipeline_s"] = time.perf_counter() - t0
 
     this_run = count_files([r["file"] for r in receipts], storage)
+    dead_letter = write_dead_letter([r["file"] for r in receipts], st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage) if this_run["errors"] else None
     total = count_files(committed_files(model_dir, storage), storage, restrict_to=ids)
     timings["total_s"] = time.perf_counter() - t0
     counts = {
@@ -145,6 +148,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         "model_id": model_id,
         "checkpoint": checkpoint,
         "output": out,
+        "dead_letter": dead_letter,
         "counts": counts,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "images_per_s": round(done_now / max(1e-9, timings["pipeline_s"] - timings["plan_s"]), 1),
@@ -159,6 +163,19 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         flush=True,
     )
     return manifest
+
+
+def write_dead_letter(files: list[str], uri: str, storage: Mapping[str, Any] | None = None) -> str:
+    """The run's failures as their own small table: ``image_id, uri, error_class, error, model_id, run_id``."""
+    fs, _ = st.resolve(files[0], storage)
+    paths = [st.resolve(f, storage)[1] for f in files]
+    table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["image_id", "uri", "error", "model_id", "run_id"], filter=pc.field("error").is_valid())
+    error_class = pa.array([e.split(":", 1)[0] for e in table.column("error").to_pylist()], pa.string())
+    table = table.add_column(2, "error_class", error_class)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    st.write_bytes(uri, buf.getvalue(), storage)
+    return uri
 
 
 def count_files(files: list[str], storage: Mapping[str, Any] | None = None, restrict_to: pa.Array | None = None) -> dict:
