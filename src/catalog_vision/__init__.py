@@ -1,27 +1,35 @@
-"""catalog-vision: label and embed whole image catalogs on Ray."""
+"""catalog-vision: label and embed whole image catalogs on Ray.
 
-from .backfill import backfill
-from .catalog import make_catalog
-from .checkpoint import load as load_checkpoint
-from .images import Preprocessing, decode
-from .infer import Predictor, predictions_schema
-from .models import MODELS, build_model
-from .pipeline import run_pipeline
-from .query import summarize
-from .train import train
+The public names below load lazily (PEP 562): Ray Data's decode tasks import
+``catalog_vision.data`` and must not pay for importing torch.
+"""
 
-__all__ = [
-    "MODELS",
-    "Predictor",
-    "Preprocessing",
-    "backfill",
-    "build_model",
-    "decode",
-    "load_checkpoint",
-    "make_catalog",
-    "predictions_schema",
-    "run_pipeline",
-    "summarize",
-    "train",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "MODELS": ".models",
+    "Predictor": ".infer",
+    "Preprocessing": ".images",
+    "backfill": ".backfill",
+    "build_model": ".models",
+    "decode": ".images",
+    "load_checkpoint": ".checkpoint",
+    "make_catalog": ".catalog",
+    "predictions_schema": ".infer",
+    "run_pipeline": ".pipeline",
+    "summarize": ".query",
+    "train": ".train",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'catalog_vision' has no attribute {name!r}")
+    module = importlib.import_module(_EXPORTS[name], __name__)
+    value = getattr(module, "load" if name == "load_checkpoint" else name)
+    globals()[name] = value
+    return value
