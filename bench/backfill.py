@@ -173,6 +173,9 @@ def main() -> None:
     import ray
 
     from catalog_vision import backfill
+    from catalog_vision.runtime import setup_logging
+
+    setup_logging()
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -193,6 +196,7 @@ def main() -> None:
             t = time.perf_counter()
             out = backfill(cfg)
             a = out["counts"]["predicted"] + out["counts"]["errors"], time.perf_counter() - t
+            print(f"[{workload}] catalog-vision timings: {out['timings']}", flush=True)
             t = time.perf_counter()
             b = plain_pytorch(manifest, checkpoint, root / "plain.parquet", batch, args.workers), None
             b = b[0], time.perf_counter() - t

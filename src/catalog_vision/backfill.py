@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from . import checkpoint as ckpt
 from . import storage as st
-from .data import decode_catalog, read_catalog
+from .data import _normalise_manifest, decode_catalog, list_images
 from .sink import commit_batch, committed_files, committed_ids
 from .infer import DTYPES, Predictor
 from .runtime import init_ray, new_run_id
@@ -37,24 +37,43 @@ def output_dir(predictions_root: str, model_id: str, run_id: str) -> str:
     return st.join(st.absolute(predictions_root), model_id, run_id)
 
 
-def _skip_done(batch: pa.Table, done: pa.Array) -> pa.Table:
-    if len(done) == 0:
-        return batch
-    return batch.filter(pc.invert(pc.is_in(batch.column("image_id"), value_set=done)))
+def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None) -> pa.Table:
+    """The selected catalog as ``image_id, uri, label``, read on the driver.
 
+    It is metadata only (about 100 bytes a row: 100 MB for a million images), and reading it here
+    lets the driver plan the run, skip what is done and count inputs without a Ray Data pass.
+    Duplicate ids are a manifest error: they would break one-row-per-image.
+    """
+    split = data.get("split")
+    if data.get("images_prefix"):
+        table = list_images(st.absolute(data["images_prefix"]), storage, data.get("layout", "auto"))
+    else:
+        manifest = st.absolute(data["manifest"])
+        if not st.exists(manifest, storage):
+            raise FileNotFoundError(f"manifest {manifest!r} not found; build one with jobs/make_catalog.py or set data.manifest")
+        fs, path = st.resolve(manifest, storage)
+        if manifest.endswith(".csv"):
+            import pyarrow.csv as pacsv
 
-def catalog_ids(data: Mapping[str, Any], storage: Mapping[str, Any] | None) -> pa.Array:
-    """The selected catalog's image ids (duplicates are a manifest error: they'd break one-row-per-image)."""
-    import ray
-
-    ds = read_catalog(data, storage, split=data.get("split")).select_columns(["image_id"])
-    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-    ids = pa.concat_tables(tables).column("image_id").combine_chunks() if tables else pa.array([], pa.string())
+            with fs.open(path, "rb") as f:
+                table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"image_id": pa.string(), "label": pa.string()}))
+        else:
+            table = pq.read_table(path, filesystem=fs)
+        missing = {"image_id", "uri"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {table.column_names}")
+        if split:
+            if "split" not in table.column_names:
+                raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
+            table = table.filter(pc.equal(table.column("split"), split))
+        table = _normalise_manifest(table, manifest.rsplit("/", 1)[0])
+    table = table.combine_chunks()
+    ids = table.column("image_id")
     if len(pc.unique(ids)) != len(ids):
         counts = pc.value_counts(ids)
         dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:5]
         raise ValueError(f"the catalog has duplicate image_id values, e.g. {dup}; each image needs a unique id")
-    return ids
+    return table
 
 
 def backfill(cfg: Mapping[str, Any]) -> dict:
@@ -82,15 +101,17 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     out = st.join(model_dir, run_id)
 
     # [1] The catalog, minus what this model has already committed.
-    ids = catalog_ids(data, storage)
+    catalog = catalog_table(data, storage)
+    ids = catalog.column("image_id").combine_chunks()
     done = committed_ids(model_dir, storage)
-    skipped = int(pc.sum(pc.is_in(ids, value_set=done)).as_py() or 0) if len(done) else 0
+    todo = catalog.filter(pc.invert(pc.is_in(catalog.column("image_id"), value_set=done))) if len(done) else catalog
+    skipped = catalog.num_rows - todo.num_rows
     timings["plan_s"] = time.perf_counter() - t0
     log.info("backfill %s: %d images in the catalog, %d already labeled by %s, %d to do", run_id, len(ids), skipped, model_id, len(ids) - skipped)
     receipts = []
     if skipped < len(ids):
-        ds = read_catalog(data, storage, split=data.get("split"))
-        ds = ds.map_batches(_skip_done, fn_kwargs={"done": done}, batch_format="pyarrow", zero_copy_batch=True)
+        step = int(data.get("decode_batch_size", 256))
+        ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
         # [2] Fetch + decode on CPU tasks.
         ds = decode_catalog(ds, data, meta["preprocessing"], storage)
         # [3] Predict in an actor pool.
@@ -123,6 +144,8 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
             zero_copy_batch=True,
         )
         receipts = list(ds.iter_rows())
+        if cfg["ray"].get("log_stats"):
+            log.info("Ray Data stats:\n%s", ds.stats())
     timings["pipeline_s"] = time.perf_counter() - t0
 
     this_run = count_files([r["file"] for r in receipts], storage)

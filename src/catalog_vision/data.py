@@ -165,8 +165,6 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
 def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None):
     """[2] fetch and decode on CPU tasks: ``image_id, uri, label`` → ``+ pixels, error``."""
     batch_size = int(data.get("decode_batch_size", 256))
-    # A manifest is often one Parquet file, i.e. one block: split it so decode runs in parallel tasks.
-    ds = ds.repartition(target_num_rows_per_block=batch_size)
     return ds.map_batches(
         fetch_and_decode,
         fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {})},
@@ -178,7 +176,10 @@ def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any]
 
 def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
     """[1] read the catalog, [2] fetch and decode on CPU tasks."""
-    return decode_catalog(read_catalog(data, storage, split=split), data, preprocessing, storage)
+    ds = read_catalog(data, storage, split=split)
+    # A manifest is often one Parquet file, i.e. one block: split it so decode runs in parallel tasks.
+    ds = ds.repartition(target_num_rows_per_block=int(data.get("decode_batch_size", 256)))
+    return decode_catalog(ds, data, preprocessing, storage)
 
 
 def is_error(e: Any) -> bool:
