@@ -23,9 +23,9 @@ import pyarrow.parquet as pq
 
 from . import checkpoint as ckpt
 from . import storage as st
-from .data import _normalise_manifest, decode_catalog, list_images
+from .data import catalog_table, decode_catalog, to_dataset
 from .sink import commit_batch, committed_files, committed_ids
-from .infer import DTYPES, Predictor
+from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
 
 log = logging.getLogger("catalog_vision")
@@ -35,45 +35,6 @@ RUN_MANIFEST = "_run.json"
 
 def output_dir(predictions_root: str, model_id: str, run_id: str) -> str:
     return st.join(st.absolute(predictions_root), model_id, run_id)
-
-
-def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None) -> pa.Table:
-    """The selected catalog as ``image_id, uri, label``, read on the driver.
-
-    It is metadata only (about 100 bytes a row: 100 MB for a million images), and reading it here
-    lets the driver plan the run, skip what is done and count inputs without a Ray Data pass.
-    Duplicate ids are a manifest error: they would break one-row-per-image.
-    """
-    split = data.get("split")
-    if data.get("images_prefix"):
-        table = list_images(st.absolute(data["images_prefix"]), storage, data.get("layout", "auto"))
-    else:
-        manifest = st.absolute(data["manifest"])
-        if not st.exists(manifest, storage):
-            raise FileNotFoundError(f"manifest {manifest!r} not found; build one with jobs/make_catalog.py or set data.manifest")
-        fs, path = st.resolve(manifest, storage)
-        if manifest.endswith(".csv"):
-            import pyarrow.csv as pacsv
-
-            with fs.open(path, "rb") as f:
-                table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"image_id": pa.string(), "label": pa.string()}))
-        else:
-            table = pq.read_table(path, filesystem=fs)
-        missing = {"image_id", "uri"} - set(table.column_names)
-        if missing:
-            raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {table.column_names}")
-        if split:
-            if "split" not in table.column_names:
-                raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
-            table = table.filter(pc.equal(table.column("split"), split))
-        table = _normalise_manifest(table, manifest.rsplit("/", 1)[0])
-    table = table.combine_chunks()
-    ids = table.column("image_id")
-    if len(pc.unique(ids)) != len(ids):
-        counts = pc.value_counts(ids)
-        dup = [v["values"] for v in counts.to_pylist() if v["counts"] > 1][:5]
-        raise ValueError(f"the catalog has duplicate image_id values, e.g. {dup}; each image needs a unique id")
-    return table
 
 
 def backfill(cfg: Mapping[str, Any]) -> dict:
@@ -89,8 +50,8 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     storage, data, p = cfg["storage"], cfg["data"], cfg["predictor"]
     if p["dtype"] not in DTYPES:
         raise ValueError(f"predictor.dtype={p['dtype']!r}; choose one of {sorted(DTYPES)}")
-    if p["device"] not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"predictor.device={p['device']!r}; choose one of ['auto', 'cpu', 'cuda']")
+    if p["device"] not in DEVICES:
+        raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
     init_ray(cfg["ray"])
 
     checkpoint = st.absolute(p["checkpoint"])
@@ -101,7 +62,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     out = st.join(model_dir, run_id)
 
     # [1] The catalog, minus what this model has already committed.
-    catalog = catalog_table(data, storage)
+    catalog = catalog_table(data, storage, split=data.get("split"))
     ids = catalog.column("image_id").combine_chunks()
     done = committed_ids(model_dir, storage)
     todo = catalog.filter(pc.invert(pc.is_in(catalog.column("image_id"), value_set=done))) if len(done) else catalog
@@ -110,8 +71,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     log.info("backfill %s: %d images in the catalog, %d already labeled by %s, %d to do", run_id, len(ids), skipped, model_id, len(ids) - skipped)
     receipts = []
     if skipped < len(ids):
-        step = int(data.get("decode_batch_size", 256))
-        ds = ray.data.from_arrow([todo.slice(i, step) for i in range(0, todo.num_rows, step)])
+        ds = to_dataset(todo, int(data.get("decode_batch_size", 256)))
         # [2] Fetch + decode on CPU tasks.
         ds = decode_catalog(ds, data, meta["preprocessing"], storage)
         # [3] Predict in an actor pool.

@@ -12,6 +12,7 @@ import gzip
 import io
 import json
 import logging
+import os
 import time
 from typing import Any, Mapping
 
@@ -64,8 +65,6 @@ def _write_chunk(images: np.ndarray, ids: list[str], uris: list[str], fmt: str, 
     fs, _ = st.resolve(uris[0], storage)
     blobs = {st.resolve(u, storage)[1]: encode(img) for img, u in zip(images, uris)}
     if not st.is_remote(uris[0]):
-        import os
-
         os.makedirs(os.path.dirname(next(iter(blobs))), exist_ok=True)
     fs.pipe(blobs)  # s3fs uploads concurrently
     return len(blobs)

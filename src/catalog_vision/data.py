@@ -11,6 +11,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from . import storage as st
 from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, decode, error_string
@@ -61,35 +63,50 @@ def _decode_memory(data: Mapping[str, Any]) -> float:
     return float(data.get("decode_memory_mb") or DECODE_MEMORY_MB) * 2**20
 
 
-def read_catalog(data: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
-    """The catalog as a Ray Dataset of ``image_id, uri, label`` (label may be null)."""
+def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None) -> pa.Table:
+    """The selected catalog as ``image_id, uri, label`` (label may be null), read on the driver.
+
+    It is metadata only (about 100 bytes a row: 100 MB for a million images); reading it here lets
+    the driver plan a run, skip what is done and count inputs without a Ray Data pass.
+    Duplicate ids are a manifest error: they would break one-row-per-image.
+    """
+    if data.get("images_prefix"):
+        table = list_images(st.absolute(data["images_prefix"]), storage, data.get("layout", "auto"))
+    else:
+        if not data.get("manifest"):
+            raise ValueError("set data.manifest (Parquet/CSV: image_id, uri, label, split) or data.images_prefix")
+        manifest = st.absolute(data["manifest"])
+        if not st.exists(manifest, storage):
+            raise FileNotFoundError(f"manifest {manifest!r} not found; build one with jobs/make_catalog.py or set data.manifest")
+        fs, path = st.resolve(manifest, storage)
+        if manifest.endswith(".csv"):
+            import pyarrow.csv as pacsv
+
+            with fs.open(path, "rb") as f:
+                table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"image_id": pa.string(), "label": pa.string()}))
+        else:
+            table = pq.read_table(path, filesystem=fs)
+        missing = {"image_id", "uri"} - set(table.column_names)
+        if missing:
+            raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {table.column_names}")
+        if split:
+            if "split" not in table.column_names:
+                raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
+            table = table.filter(pc.equal(table.column("split"), split))
+        table = _normalise_manifest(table, manifest.rsplit("/", 1)[0])
+    table = table.combine_chunks()
+    ids = table.column("image_id")
+    if len(pc.unique(ids)) != len(ids):
+        dup = [v["values"] for v in pc.value_counts(ids).to_pylist() if v["counts"] > 1][:5]
+        raise ValueError(f"the catalog has duplicate image_id values, e.g. {dup}; each image needs a unique id")
+    return table
+
+
+def to_dataset(table: pa.Table, rows_per_block: int):
+    """A catalog table as a Ray Dataset of blocks of ``rows_per_block`` rows, so decode runs in parallel tasks."""
     import ray.data
 
-    manifest = data.get("manifest")
-    prefix = data.get("images_prefix")
-    if prefix:
-        table = list_images(st.absolute(prefix), storage, data.get("layout", "auto"))
-        return ray.data.from_arrow(table)
-    if not manifest:
-        raise ValueError("set data.manifest (Parquet/CSV: image_id, uri, label, split) or data.images_prefix")
-    manifest = st.absolute(manifest)
-    if not st.exists(manifest, storage):
-        raise FileNotFoundError(f"manifest {manifest!r} not found; build one with jobs/make_catalog.py or set data.manifest")
-    fs, path = st.arrow_filesystem(manifest, storage)
-    if manifest.endswith(".csv"):
-        ds = ray.data.read_csv(path, filesystem=fs)
-    else:
-        ds = ray.data.read_parquet(path, filesystem=fs)
-    columns = ds.columns()
-    missing = {"image_id", "uri"} - set(columns)
-    if missing:
-        raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {columns}")
-    if split:
-        if "split" not in columns:
-            raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
-        ds = ds.filter(expr=f"split == '{split}'")
-    base = manifest.rsplit("/", 1)[0]
-    return ds.map_batches(_normalise_manifest, fn_kwargs={"base": base}, batch_format="pyarrow", zero_copy_batch=True, memory=_decode_memory(data))
+    return ray.data.from_arrow([table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table])
 
 
 def _normalise_manifest(batch: pa.Table, base: str) -> pa.Table:
@@ -176,9 +193,7 @@ def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any]
 
 def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
     """[1] read the catalog, [2] fetch and decode on CPU tasks."""
-    ds = read_catalog(data, storage, split=split)
-    # A manifest is often one Parquet file, i.e. one block: split it so decode runs in parallel tasks.
-    ds = ds.repartition(target_num_rows_per_block=int(data.get("decode_batch_size", 256)))
+    ds = to_dataset(catalog_table(data, storage, split=split), int(data.get("decode_batch_size", 256)))
     return decode_catalog(ds, data, preprocessing, storage)
 
 

@@ -15,16 +15,16 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import storage as st
+from .sink import committed_files
 
 
 def read_predictions(uri: str, storage: Mapping[str, Any] | None = None, columns: list[str] | None = None) -> pa.Table:
     """All Parquet files under ``uri`` (a run folder, a model folder or the predictions root)."""
-    fs, path = st.resolve(uri, storage)
-    # Committed files only: in-flight temp files start with "." (see sink.py).
-    files = sorted(f for f in fs.find(path) if f.endswith(".parquet") and not f.rsplit("/", 1)[-1].startswith("."))
+    files = committed_files(uri, storage)
     if not files:
         raise FileNotFoundError(f"no Parquet files under {uri!r}")
-    return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
+    fs, _ = st.resolve(uri, storage)
+    return pads.dataset([st.resolve(f, storage)[1] for f in files], filesystem=fs, format="parquet").to_table(columns=columns)
 
 
 def read_manifest(uri: str, storage: Mapping[str, Any] | None = None) -> pa.Table:

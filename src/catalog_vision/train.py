@@ -196,11 +196,10 @@ def train(cfg: Mapping[str, Any]) -> dict:
         "classes": classes,
         "preprocessing": spec.to_dict(),
         "task": "multiclass",
-        "embedding_dim": None,
+        "embedding_dim": build_model(cfg["model"], len(classes), spec.to_dict()).num_features,
         "data": {"manifest": data.get("manifest"), "train_rows": train_rows, "val_rows": val_rows},
-        "trainer": storage_redacted(t),
+        "trainer": st.redact(dict(t)),
     }
-    meta["embedding_dim"] = build_model(cfg["model"], len(classes), spec.to_dict()).num_features
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -246,6 +245,3 @@ def train(cfg: Mapping[str, Any]) -> dict:
     print("train summary: " + json.dumps(summary), flush=True)
     return summary
 
-
-def storage_redacted(d: Mapping[str, Any]) -> dict:
-    return st.redact(dict(d))
