@@ -13,6 +13,7 @@ import collections
 import io
 import json
 import logging
+import os
 import time
 from typing import Any, Mapping
 
@@ -25,12 +26,13 @@ from . import checkpoint as ckpt
 from . import storage as st
 from .data import catalog_table, decode_catalog, to_dataset
 from .sink import commit_batch, committed_files, committed_ids
-from .infer import DEVICES, DTYPES, Predictor
+from .infer import DEVICES, DTYPES, Predictor, resolve_dtype
 from .runtime import init_ray, new_run_id
 
 log = logging.getLogger("catalog_vision")
 
 RUN_MANIFEST = "_run.json"
+IF_NO_GPU = ("cpu", "wait", "error")
 
 
 def output_dir(predictions_root: str, model_id: str, run_id: str) -> str:
@@ -47,12 +49,10 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    storage, data, p = cfg["storage"], cfg["data"], cfg["predictor"]
-    if p["dtype"] not in DTYPES:
-        raise ValueError(f"predictor.dtype={p['dtype']!r}; choose one of {sorted(DTYPES)}")
-    if p["device"] not in DEVICES:
-        raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
+    storage, data = cfg["storage"], cfg["data"]
+    check_predictor(cfg["predictor"])
     init_ray(cfg["ray"])
+    p = effective_predictor(cfg["predictor"], ray_gpus())
 
     checkpoint = st.absolute(p["checkpoint"])
     meta = ckpt.read_meta(checkpoint, storage)
@@ -61,6 +61,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     model_dir = st.join(st.absolute(cfg["paths"]["predictions"]), model_id)
     out = st.join(model_dir, run_id)
 
+    removed = remove_stale_temp_files(model_dir, storage)
     # [1] The catalog, minus what this model has already committed.
     catalog = catalog_table(data, storage, split=data.get("split"))
     ids = catalog.column("image_id").combine_chunks()
@@ -73,7 +74,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     if skipped < len(ids):
         ds = to_dataset(todo, int(data.get("decode_batch_size", 256)))
         # [2] Fetch + decode on CPU tasks.
-        ds = decode_catalog(ds, data, meta["preprocessing"], storage)
+        ds = decode_catalog(ds, data, meta["preprocessing"], storage, defer_jpeg=bool(p["jpeg_decode_on_device"]))
         # [3] Predict in an actor pool.
         ds = ds.map_batches(
             Predictor,
@@ -87,6 +88,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
                 "run_id": run_id,
                 "channels_last": bool(p["channels_last"]),
                 "num_threads": p.get("threads_per_actor"),
+                "pin_memory": bool(p.get("pin_memory")),
             },
             compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"])),
             batch_size=int(p["batch_size"]),
@@ -133,6 +135,8 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         "output": out,
         "dead_letter": dead_letter,
         "counts": counts,
+        "predictor": {**{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")}, "cpu_dtype": cpu_dtype(p["dtype"])},
+        "stale_temp_files_removed": removed,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "images_per_s": round(done_now / max(1e-9, timings["pipeline_s"] - timings["plan_s"]), 1),
         "config": st.redact(dict(cfg)),
@@ -146,6 +150,84 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         flush=True,
     )
     return manifest
+
+
+def check_predictor(p: Mapping[str, Any]) -> None:
+    """Fail fast, naming the valid choices, before any cluster work."""
+    if p["dtype"] not in DTYPES:
+        raise ValueError(f"predictor.dtype={p['dtype']!r}; choose one of {sorted(DTYPES)}")
+    if p["device"] not in DEVICES:
+        raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
+    if p.get("if_no_gpu", "cpu") not in IF_NO_GPU:
+        raise ValueError(f"predictor.if_no_gpu={p.get('if_no_gpu')!r}; choose one of {list(IF_NO_GPU)}")
+    if p["device"] == "cuda" and not float(p["num_gpus"]):
+        raise ValueError("predictor.device=cuda needs predictor.num_gpus > 0 (Ray hides GPUs from actors that do not ask for one)")
+    if int(p["min_actors"]) > int(p["max_actors"]) or int(p["min_actors"]) < 1:
+        raise ValueError(f"need 1 <= predictor.min_actors <= predictor.max_actors, got {p['min_actors']} and {p['max_actors']}")
+
+
+def cpu_dtype(dtype: str) -> str:
+    """What ``dtype`` means on this (driver) host's CPU; GPU actors resolve ``auto`` themselves."""
+    import torch
+
+    return str(resolve_dtype(dtype, torch.device("cpu"))).replace("torch.", "")
+
+
+def ray_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def effective_predictor(p: Mapping[str, Any], cluster_gpus: float) -> dict:
+    """The predictor settings this run uses: a GPU config on a cluster without GPUs falls back to CPU
+    (``if_no_gpu=cpu``), waits for the autoscaler (``wait``) or stops (``error``)."""
+    p = dict(p)
+    if float(p["num_gpus"]) <= 0 or cluster_gpus > 0:
+        return p
+    policy = p.get("if_no_gpu", "cpu")
+    if policy == "error":
+        raise RuntimeError("predictor asks for GPUs (num_gpus>0) but the cluster has none; use predictor=cpu, or if_no_gpu=cpu|wait")
+    if policy == "wait":
+        log.warning("predictor asks for GPUs but the cluster has none yet; waiting for the autoscaler (if_no_gpu=wait)")
+        return p
+    log.warning("predictor asks for GPUs but the cluster has none: falling back to CPU actors (if_no_gpu=cpu)")
+    cpus = max(1, int(p.get("cpus_per_actor", 1)))
+    p.update(device="cpu", num_gpus=0, pin_memory=False, jpeg_decode_on_device=False, dtype="auto")
+    p["max_actors"] = max(1, min(int(p["max_actors"]), int(ray_cpus() // cpus) or 1))
+    p["min_actors"] = min(int(p["min_actors"]), p["max_actors"])
+    p["batch_size"] = min(int(p["batch_size"]), 512)
+    return p
+
+
+def ray_cpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 1))
+
+
+def remove_stale_temp_files(root: str, storage: Mapping[str, Any] | None = None, older_than_s: float = 3600.0) -> int:
+    """Temp files (``.part-*.tmp``) left by writers that were killed mid-write; never visible to
+    readers, removed once they are older than any live writer could be."""
+    if st.is_remote(root):
+        return 0  # object stores commit with one PUT: there are no temp objects
+    fs, path = st.resolve(root, storage)
+    if not fs.exists(path):
+        return 0
+    now = time.time()
+    removed = 0
+    for f in fs.find(path):
+        name = f.rsplit("/", 1)[-1]
+        if name.startswith(".part-") and name.endswith(".tmp"):
+            try:
+                if now - os.path.getmtime(f) > older_than_s:
+                    os.remove(f)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    if removed:
+        log.info("removed %d stale temp files under %s", removed, root)
+    return removed
 
 
 def write_dead_letter(files: list[str], uri: str, storage: Mapping[str, Any] | None = None) -> str:

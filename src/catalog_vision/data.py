@@ -6,6 +6,7 @@ image, so one corrupt object never fails a job.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any, Mapping, Sequence
 
@@ -13,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from PIL import Image
 
 from . import storage as st
 from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, decode, error_string
@@ -140,16 +143,19 @@ def _storage_error(exc: BaseException, path: str) -> ImageError:
     return ReadError(f"{path}: {type(exc).__name__}: {exc}")
 
 
-def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None) -> dict[str, np.ndarray]:
+def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, defer_jpeg: bool = False) -> dict[str, np.ndarray]:
     """``image_id, uri, label`` → ``image_id, uri, label, pixels (N,C,H,W uint8), error``.
 
-    The bytes never leave this function: only decoded, resized pixels move downstream.
+    The bytes never leave this function: only decoded, resized pixels move downstream. With
+    ``defer_jpeg`` (GPU JPEG decode), baseline RGB/grayscale JPEGs that pass the size check are not
+    decoded here: their bytes go on in an ``encoded`` column for the predictor's device to decode.
     """
     spec = Preprocessing.from_dict(preprocessing)
     uris = [str(u) for u in batch["uri"]]
     n = len(uris)
     pixels = np.zeros((n, *spec.shape), dtype=np.uint8)
     errors = np.empty(n, dtype=object)
+    encoded = np.full(n, b"", dtype=object)
     # Group by scheme so a mixed manifest (local + s3) still fetches in bulk.
     by_scheme: dict[str, list[int]] = {}
     for i, u in enumerate(uris):
@@ -164,27 +170,45 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
                 errors[i] = error_string(data)
                 continue
             try:
-                pixels[i] = decode(data, spec)
+                if defer_jpeg and is_plain_jpeg(data, spec):
+                    encoded[i] = data
+                else:
+                    pixels[i] = decode(data, spec)
                 errors[i] = None
             except ImageError as e:
                 errors[i] = error_string(e)
             except Exception as e:  # a decoder bug must not cost the other rows
                 errors[i] = error_string(ReadError(f"unexpected {type(e).__name__}: {e}"))
-    return {
+    out = {
         "image_id": np.asarray(batch["image_id"], dtype=object),
         "uri": np.asarray(uris, dtype=object),
         "label": np.asarray(batch["label"], dtype=object),
         "pixels": pixels,
         "error": errors,
     }
+    if defer_jpeg:
+        out["encoded"] = encoded
+    return out
 
 
-def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None):
-    """[2] fetch and decode on CPU tasks: ``image_id, uri, label`` → ``+ pixels, error``."""
+def is_plain_jpeg(data: bytes, spec: Preprocessing) -> bool:
+    """A JPEG a device decoder handles (grayscale/RGB) within ``max_pixels``; anything else decodes on CPU."""
+    if not data.startswith(b"\xff\xd8\xff"):
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # header only
+            w, h = im.size
+            return im.mode in ("L", "RGB") and w * h <= spec.max_pixels
+    except Exception:
+        return False
+
+
+def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, defer_jpeg: bool = False):
+    """[2] fetch and decode on CPU tasks: ``image_id, uri, label`` → ``+ pixels, error`` (``+ encoded`` with ``defer_jpeg``)."""
     batch_size = int(data.get("decode_batch_size", 256))
     return ds.map_batches(
         fetch_and_decode,
-        fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {})},
+        fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {}), "defer_jpeg": bool(defer_jpeg)},
         batch_size=batch_size,
         batch_format="numpy",
         memory=_decode_memory(data),

@@ -1,12 +1,14 @@
 """The model-facing predictor shared by backfill (``map_batches`` actors) and serving.
 
-Input: decoded ``uint8 (N, C, H, W)`` pixels plus ``error`` per row. Output: one row per input in
+Input: decoded ``uint8 (N, C, H, W)`` pixels plus ``error`` per row (and, when JPEG decoding is
+deferred to the predictor's device, the JPEG bytes in ``encoded``). Output: one row per input in
 the predictions schema; error rows pass through with prediction columns null.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from typing import Any, Mapping
 
 import numpy as np
@@ -15,8 +17,11 @@ import torch
 
 from . import checkpoint as ckpt
 from .data import is_error
+from .images import ImageError, Preprocessing, decode, error_string
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+log = logging.getLogger("catalog_vision")
+
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -49,6 +54,25 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: bfloat16 matmuls/convs run natively (about 2x float32 on this class of CPU)."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: float16 on CUDA (bfloat16 where supported), bfloat16 on CPUs with native bf16, else float32."""
+    if dtype not in DTYPES:
+        raise ValueError(f"predictor.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+    if dtype != "auto":
+        return DTYPES[dtype]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
 class Predictor:
     """Callable class for ``map_batches``: loads the checkpoint once, predicts per batch."""
 
@@ -58,41 +82,49 @@ class Predictor:
         storage: Mapping[str, Any] | None = None,
         *,
         device: str = "auto",
-        dtype: str = "float32",
+        dtype: str = "auto",
         topk: int = 5,
         low_confidence_threshold: float = 0.5,
         run_id: str | None = None,
         channels_last: bool = True,
         num_threads: int | None = None,
+        pin_memory: bool = False,
     ):
-        if dtype not in DTYPES:
-            raise ValueError(f"predictor.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.loaded = ckpt.load(checkpoint, storage, device=self.device)
         self.model = self.loaded.model
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
-        self.dtype = DTYPES[dtype]
-        self.classes = np.asarray(self.loaded.classes, dtype=object)
+        self.pin_memory = bool(pin_memory) and self.device.type == "cuda"
+        self.classes = list(self.loaded.classes)
+        self._class_names = pa.array(self.classes, pa.string())
         self.topk = max(1, min(int(topk), len(self.classes)))
         self.threshold = float(low_confidence_threshold)
         self.model_id = self.loaded.model_id
         self.run_id = run_id
         self.embedding_dim = self.model.num_features
         self.schema = predictions_schema(self.embedding_dim)
+        self.spec = Preprocessing.from_dict(self.loaded.preprocessing)
 
     def _autocast(self):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
+    def _to_device(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = pixels if isinstance(pixels, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(pixels))
+        if self.pin_memory and x.device.type == "cpu":
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
+
     @torch.inference_mode()
-    def predict_pixels(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_pixels(self, pixels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``uint8 (N,C,H,W)`` → (probabilities ``(N, K)``, L2-normalised embeddings ``(N, D)``)."""
-        x = torch.from_numpy(np.ascontiguousarray(pixels)).to(self.device, non_blocking=True)
+        x = self._to_device(pixels)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
@@ -102,43 +134,69 @@ class Predictor:
         emb = torch.nn.functional.normalize(feats.float(), dim=1)
         return probs.cpu().numpy(), emb.cpu().numpy()
 
-    def predict_table(self, image_id, uri, pixels: np.ndarray, errors) -> pa.Table:
+    @torch.inference_mode()
+    def decode_jpegs(self, encoded: list[bytes]) -> tuple[torch.Tensor, list[str | None]]:
+        """JPEG bytes → ``uint8 (N,C,H,W)`` on the predictor's device (nvJPEG on CUDA, libjpeg on CPU).
+
+        The same size check, EXIF orientation and channel conversion as the CPU decoder; an image
+        the device decoder rejects (e.g. CMYK on nvJPEG) falls back to :func:`images.decode`.
+        """
+        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.transforms.v2 import functional as F
+
+        spec = self.spec
+        mode = ImageReadMode.GRAY if spec.channels == 1 else ImageReadMode.RGB
+        out = torch.zeros((len(encoded), *spec.shape), dtype=torch.uint8, device=self.device)
+        errors: list[str | None] = [None] * len(encoded)
+        datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
+        try:
+            images = decode_jpeg(datas, mode=mode, device=self.device, apply_exif_orientation=True)
+        except RuntimeError:
+            images = [None] * len(encoded)  # one bad image fails the batched call: go one by one
+        for i, (raw, im) in enumerate(zip(encoded, images)):
+            try:
+                if im is None:
+                    im = decode_jpeg(datas[i], mode=mode, device=self.device, apply_exif_orientation=True)
+                if im.shape[-2:] != tuple(spec.image_size):
+                    im = F.resize(im, list(spec.image_size), antialias=True)
+                out[i] = im
+            except RuntimeError:
+                try:
+                    out[i] = torch.from_numpy(decode(raw, spec)).to(self.device)
+                except ImageError as e:
+                    errors[i] = error_string(e)
+        return out, errors
+
+    def predict_table(self, image_id, uri, pixels, errors) -> pa.Table:
         n = len(image_id)
         errors = [str(e) if is_error(e) else None for e in errors]
         ok = np.array([e is None for e in errors], dtype=bool)
-        d = self.embedding_dim
-        label = [None] * n
-        score = np.zeros(n, dtype=np.float32)
-        topk_labels: list = [None] * n
-        topk_scores: list = [None] * n
-        labels: list = [None] * n
-        low: list = [None] * n
+        d, k = self.embedding_dim, self.topk
         emb = np.zeros((n, d), dtype=np.float32)
+        top_s = np.zeros((n, k), dtype=np.float32)
+        top_i = np.zeros((n, k), dtype=np.int64)
         if ok.any():
-            probs, feats = self.predict_pixels(pixels[ok])
-            top_scores, top_idx = torch.topk(torch.from_numpy(probs), self.topk, dim=1)
-            top_scores, top_idx = top_scores.numpy().astype(np.float32), top_idx.numpy()
-            for j, i in enumerate(np.flatnonzero(ok)):
-                names = self.classes[top_idx[j]].tolist()
-                label[i] = names[0]
-                score[i] = top_scores[j, 0]
-                topk_labels[i] = names
-                topk_scores[i] = top_scores[j].tolist()
-                labels[i] = [names[0]]
-                low[i] = bool(top_scores[j, 0] < self.threshold)
+            probs, feats = self.predict_pixels(pixels[torch.from_numpy(ok)] if isinstance(pixels, torch.Tensor) else pixels[ok])
+            s, i = torch.topk(torch.from_numpy(probs), k, dim=1)
+            top_s[ok], top_i[ok] = s.numpy(), i.numpy()
             emb[ok] = feats
-        emb_arr = pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d, mask=pa.array(~ok))
+        bad = pa.array(~ok)
+        # Column-wise Arrow construction: no per-row Python.
+        names = self._class_names.take(pa.array(top_i.reshape(-1)))
+        offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+        one = pa.array(np.arange(0, n + 1, dtype=np.int32))
+        score = top_s[:, 0]
         return pa.Table.from_arrays(
             [
                 pa.array(list(image_id), pa.string()),
                 pa.array(list(uri), pa.string()),
-                pa.array(label, pa.string()),
+                pa.array(names.to_numpy(zero_copy_only=False)[::k], pa.string(), mask=~ok),
                 pa.array(score, pa.float32(), mask=~ok),
-                pa.array(topk_labels, pa.list_(pa.string())),
-                pa.array(topk_scores, pa.list_(pa.float32())),
-                pa.array(labels, pa.list_(pa.string())),
-                emb_arr,
-                pa.array(low, pa.bool_()),
+                pa.ListArray.from_arrays(offsets, names, mask=bad),
+                pa.ListArray.from_arrays(offsets, pa.array(top_s.reshape(-1), pa.float32()), mask=bad),
+                pa.ListArray.from_arrays(one, names.take(pa.array(np.arange(0, n * k, k))), mask=bad),
+                pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d, mask=bad),
+                pa.array(score < self.threshold, pa.bool_(), mask=~ok),
                 pa.array([self.model_id] * n, pa.string()),
                 pa.array([self.run_id] * n, pa.string()),
                 pa.array(errors, pa.string()),
@@ -147,4 +205,15 @@ class Predictor:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        return self.predict_table(batch["image_id"], batch["uri"], batch["pixels"], batch["error"])
+        pixels, errors = batch["pixels"], batch["error"]
+        encoded = batch.get("encoded")
+        if encoded is not None:
+            todo = [i for i, b in enumerate(encoded) if isinstance(b, (bytes, bytearray)) and len(b) and not is_error(errors[i])]
+            if todo:
+                decoded, errs = self.decode_jpegs([encoded[i] for i in todo])
+                pixels = self._to_device(pixels)
+                errors = np.array(errors, dtype=object)
+                pixels[torch.as_tensor(todo, device=pixels.device)] = decoded
+                for i, e in zip(todo, errs):
+                    errors[i] = e
+        return self.predict_table(batch["image_id"], batch["uri"], pixels, errors)
