@@ -67,6 +67,102 @@ def test_driver_killed_mid_run_then_rerun_finishes_only_the_remainder(ray_local,
     assert not [p for p in Path(tmp_path).rglob("*.parquet") if p.name.startswith(".")]
 
 
+def ids_in(files) -> list[str]:
+    return [i for f in files for i in pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist()]
+
+
+def kill_overrides(local_catalog, random_checkpoint, tmp_path) -> list[str]:
+    return [
+        "experiment=smoke",
+        f"data.manifest={local_catalog['cfg']['data']['manifest']}",
+        "data.split=null",  # all 768 images of the catalog
+        f"predictor.checkpoint={random_checkpoint}",
+        f"paths.output={tmp_path}",
+        "output.rows_per_file=32",  # many small commits, so a kill lands between two of them
+        "predictor.batch_size=32",
+        "data.decode_batch_size=32",
+    ]
+
+
+def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalog, random_checkpoint, tmp_path):
+    """SIGKILL a predictor actor's process mid-run: Ray restarts the actor, Ray Data retries its
+    blocks, and the same run ends with exactly one row per image."""
+    import psutil
+    from ray.util.state import list_actors
+
+    model_id = load(random_checkpoint).model_id
+    overrides = [*kill_overrides(local_catalog, random_checkpoint, tmp_path), "predictor.min_actors=2", "predictor.max_actors=2"]
+    run_dir = tmp_path / "predictions" / model_id / "actor-killed"
+    driver = subprocess.Popen(
+        [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={ray_local.get_runtime_context().gcs_address}", "run_id=actor-killed"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+    def predictor_pids():
+        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+        return [a.pid for a in actors if "Predictor" in (a.class_name or "") and a.pid]
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and driver.poll() is None and not (predictor_pids() and len(committed_files(str(run_dir))) >= 2):
+        time.sleep(0.1)
+    pids = predictor_pids()
+    assert driver.poll() is None and pids, "the run finished before an actor could be killed:\n" + driver.stdout.read()[-3000:]
+    files_at_kill = len(committed_files(str(run_dir)))
+    psutil.Process(pids[0]).kill()  # SIGKILL: no cleanup, like an OOM kill or a lost node
+    log = driver.communicate(timeout=600)[0]
+    assert driver.returncode == 0, log[-4000:]
+    assert files_at_kill < 768 // 32, "the kill landed after the last commit"
+    assert "backfill summary: 768 inputs = 0 already labeled + 768 predicted + 0 errors" in log, log[-3000:]
+    ids = ids_in(committed_files(str(run_dir)))
+    assert len(ids) == len(set(ids)) == 768
+
+
+def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(local_catalog, random_checkpoint, tmp_path):
+    """Stop every process of the cluster mid-run (SIGKILL: a power cut), start a new cluster, run
+    again with the same config: one row per image, and the second run labels only what is missing."""
+    from raycluster import start_cluster, stop_cluster, wait_for
+
+    model_id = load(random_checkpoint).model_id
+    overrides = kill_overrides(local_catalog, random_checkpoint, tmp_path)
+    model_dir = tmp_path / "predictions" / model_id
+
+    def run_driver(cluster, run_id):
+        return subprocess.Popen(
+            [sys.executable, "jobs/backfill.py", *overrides, "ray=cluster", f"ray.address={cluster.gcs_address}", f"run_id={run_id}"],
+            cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    first = start_cluster(num_cpus=4)
+    try:
+        driver = run_driver(first, "cluster-lost")
+        assert wait_for(lambda: driver.poll() is not None or len(committed_files(str(model_dir / "cluster-lost"))) >= 2, timeout=300)
+        assert driver.poll() is None, "the run finished before the cluster could be stopped:\n" + driver.stdout.read()[-3000:]
+        stop_cluster(first.temp_dir, kill=True)
+    finally:
+        stop_cluster(first.temp_dir, kill=True)
+    # The driver loses its cluster; it may hang on reconnect attempts, so it goes too.
+    if not wait_for(lambda: driver.poll() is not None, timeout=30):
+        driver.kill()
+    driver.wait(timeout=60)
+    before = committed_files(str(model_dir / "cluster-lost"))
+    done_before = set(ids_in(before))
+    assert 0 < len(done_before) < 768
+
+    second = start_cluster(num_cpus=4, env=first.env)
+    try:
+        driver = run_driver(second, "after-restart")
+        log = driver.communicate(timeout=600)[0]
+        assert driver.returncode == 0, log[-4000:]
+    finally:
+        stop_cluster(second.temp_dir)
+    assert f"backfill summary: 768 inputs = {len(done_before)} already labeled + {768 - len(done_before)} predicted + 0 errors" in log, log[-3000:]
+    redone = ids_in(committed_files(str(model_dir / "after-restart")))
+    assert not set(redone) & done_before  # the rerun did only the remainder
+    ids = ids_in(committed_files(str(model_dir)))
+    assert len(ids) == len(set(ids)) == 768
+    assert not [p for p in Path(tmp_path).rglob("*.parquet") if p.name.startswith(".")]
+
+
 def test_incremental_run_labels_only_new_images(ray_local, local_catalog, random_checkpoint, tmp_path):
     import io
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from . import checkpoint as ckpt
 from . import storage as st
-from .data import catalog_table, decode_catalog, to_dataset
+from .data import catalog_table, decode_catalog, rows_per_block, to_dataset
 from .sink import commit_batch, committed_files, committed_ids
 from .infer import DEVICES, DTYPES, Predictor, resolve_dtype
 from .runtime import init_ray, new_run_id
@@ -33,6 +33,7 @@ log = logging.getLogger("catalog_vision")
 
 RUN_MANIFEST = "_run.json"
 IF_NO_GPU = ("cpu", "wait", "error")
+DECODE_IN = ("auto", "tasks", "actors")
 
 
 def output_dir(predictions_root: str, model_id: str, run_id: str) -> str:
@@ -72,9 +73,11 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     log.info("backfill %s: %d images in the catalog, %d already labeled by %s, %d to do", run_id, len(ids), skipped, model_id, len(ids) - skipped)
     receipts = []
     if skipped < len(ids):
-        ds = to_dataset(todo, int(data.get("decode_batch_size", 256)))
-        # [2] Fetch + decode on CPU tasks.
-        ds = decode_catalog(ds, data, meta["preprocessing"], storage, defer_jpeg=bool(p["jpeg_decode_on_device"]))
+        ds = to_dataset(todo, rows_per_block(data, meta["preprocessing"]))
+        # [2] Fetch + decode on CPU tasks, or in the predictor actors (decode_in=actors).
+        in_actors = decode_in(p) == "actors"
+        if not in_actors:
+            ds = decode_catalog(ds, data, meta["preprocessing"], storage, defer_jpeg=bool(p["jpeg_decode_on_device"]))
         # [3] Predict in an actor pool.
         ds = ds.map_batches(
             Predictor,
@@ -89,6 +92,8 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
                 "channels_last": bool(p["channels_last"]),
                 "num_threads": p.get("threads_per_actor"),
                 "pin_memory": bool(p.get("pin_memory")),
+                "fetch_decode": in_actors,
+                "defer_jpeg": bool(p["jpeg_decode_on_device"]),
             },
             compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"])),
             batch_size=int(p["batch_size"]),
@@ -135,7 +140,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         "output": out,
         "dead_letter": dead_letter,
         "counts": counts,
-        "predictor": {**{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")}, "cpu_dtype": cpu_dtype(p["dtype"])},
+        "predictor": {**{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")}, "cpu_dtype": cpu_dtype(p["dtype"]), "decode_in": decode_in(p)},
         "stale_temp_files_removed": removed,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "images_per_s": round(done_now / max(1e-9, timings["pipeline_s"] - timings["plan_s"]), 1),
@@ -158,12 +163,25 @@ def check_predictor(p: Mapping[str, Any]) -> None:
         raise ValueError(f"predictor.dtype={p['dtype']!r}; choose one of {sorted(DTYPES)}")
     if p["device"] not in DEVICES:
         raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
+    decode_in(p)
     if p.get("if_no_gpu", "cpu") not in IF_NO_GPU:
         raise ValueError(f"predictor.if_no_gpu={p.get('if_no_gpu')!r}; choose one of {list(IF_NO_GPU)}")
     if p["device"] == "cuda" and not float(p["num_gpus"]):
         raise ValueError("predictor.device=cuda needs predictor.num_gpus > 0 (Ray hides GPUs from actors that do not ask for one)")
     if int(p["min_actors"]) > int(p["max_actors"]) or int(p["min_actors"]) < 1:
         raise ValueError(f"need 1 <= predictor.min_actors <= predictor.max_actors, got {p['min_actors']} and {p['max_actors']}")
+
+
+def decode_in(p: Mapping[str, Any]) -> str:
+    """Where images are fetched and decoded. ``auto``: in the predictor actors when they run on CPU
+    (decode and inference share the same cores, so a hand-off between processes is pure overhead),
+    in separate CPU tasks when the predictor has a GPU (CPU decode then overlaps GPU inference)."""
+    where = p.get("decode_in", "auto")
+    if where not in DECODE_IN:
+        raise ValueError(f"predictor.decode_in={where!r}; choose one of {list(DECODE_IN)}")
+    if where == "auto":
+        return "tasks" if float(p["num_gpus"]) > 0 else "actors"
+    return where
 
 
 def cpu_dtype(dtype: str) -> str:

@@ -62,6 +62,17 @@ def list_images(prefix: str, storage: Mapping[str, Any] | None = None, layout: s
     )
 
 
+def rows_per_block(data: Mapping[str, Any], preprocessing: Mapping[str, Any]) -> int:
+    """Images per decode block: ``data.decode_batch_size``, but no more than fits in
+    ``data.decode_block_mb`` of decoded pixels. Small images get big blocks (low per-task overhead);
+    224x224 RGB gets ~50-image blocks, so the predictor actors share the work evenly and the first
+    batch reaches them sooner."""
+    shape = Preprocessing.from_dict(preprocessing).shape
+    image_bytes = int(np.prod(shape))
+    by_bytes = int(float(data.get("decode_block_mb") or 8) * 2**20) // image_bytes
+    return max(1, min(int(data.get("decode_batch_size", 256)), max(8, by_bytes)))
+
+
 def _decode_memory(data: Mapping[str, Any]) -> float:
     return float(data.get("decode_memory_mb") or DECODE_MEMORY_MB) * 2**20
 
@@ -109,7 +120,13 @@ def to_dataset(table: pa.Table, rows_per_block: int):
     """A catalog table as a Ray Dataset of blocks of ``rows_per_block`` rows, so decode runs in parallel tasks."""
     import ray.data
 
-    return ray.data.from_arrow([table.slice(i, rows_per_block) for i in range(0, table.num_rows, rows_per_block)] or [table])
+    # Each block is a compacted copy: a zero-copy slice would pickle its parent's whole buffers
+    # (measured: 5.9 MB per 512-row slice of a 70,000-row catalog, 2.5 s to build 137 blocks).
+    # from_blocks computes block metadata here; from_arrow would wait on a remote task for it,
+    # which on a fresh job means waiting for a worker process to start (3.5 s measured).
+    idx = np.arange(table.num_rows)
+    blocks = [table.take(idx[i : i + rows_per_block]) for i in range(0, table.num_rows, rows_per_block)] or [table]
+    return ray.data.from_blocks(blocks) if hasattr(ray.data, "from_blocks") else ray.data.from_arrow(blocks)
 
 
 def _normalise_manifest(batch: pa.Table, base: str) -> pa.Table:
@@ -205,7 +222,7 @@ def is_plain_jpeg(data: bytes, spec: Preprocessing) -> bool:
 
 def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, defer_jpeg: bool = False):
     """[2] fetch and decode on CPU tasks: ``image_id, uri, label`` → ``+ pixels, error`` (``+ encoded`` with ``defer_jpeg``)."""
-    batch_size = int(data.get("decode_batch_size", 256))
+    batch_size = rows_per_block(data, preprocessing)
     return ds.map_batches(
         fetch_and_decode,
         fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {}), "defer_jpeg": bool(defer_jpeg)},
@@ -217,7 +234,7 @@ def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any]
 
 def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
     """[1] read the catalog, [2] fetch and decode on CPU tasks."""
-    ds = to_dataset(catalog_table(data, storage, split=split), int(data.get("decode_batch_size", 256)))
+    ds = to_dataset(catalog_table(data, storage, split=split), rows_per_block(data, preprocessing))
     return decode_catalog(ds, data, preprocessing, storage)
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from . import checkpoint as ckpt
-from .data import is_error
+from .data import fetch_and_decode, is_error
 from .images import ImageError, Preprocessing, decode, error_string
 
 log = logging.getLogger("catalog_vision")
@@ -89,6 +89,8 @@ class Predictor:
         channels_last: bool = True,
         num_threads: int | None = None,
         pin_memory: bool = False,
+        fetch_decode: bool = False,
+        defer_jpeg: bool = False,
     ):
         if num_threads:
             torch.set_num_threads(int(num_threads))
@@ -109,6 +111,11 @@ class Predictor:
         self.embedding_dim = self.model.num_features
         self.schema = predictions_schema(self.embedding_dim)
         self.spec = Preprocessing.from_dict(self.loaded.preprocessing)
+        # fetch_decode: batches arrive as catalog rows (image_id, uri, label) and this actor fetches
+        # and decodes them itself (backfill with data.decode_in=actors).
+        self.fetch_decode = fetch_decode
+        self.defer_jpeg = defer_jpeg
+        self.storage = dict(storage or {})
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -205,6 +212,8 @@ class Predictor:
         )
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        if self.fetch_decode:
+            batch = fetch_and_decode(batch, self.loaded.preprocessing, self.storage, defer_jpeg=self.defer_jpeg)
         pixels, errors = batch["pixels"], batch["error"]
         encoded = batch.get("encoded")
         if encoded is not None:

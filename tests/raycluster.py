@@ -1,0 +1,101 @@
+"""A second, separate Ray cluster for tests that need one of their own (`ray start --head`).
+
+It runs beside the in-process Ray the other tests use, so it has its own short temp dir (Unix
+socket paths are limited to ~107 characters), its own ports, and is stopped by killing exactly the
+processes whose command line names that temp dir (`ray stop` would kill every cluster here).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import REPO, free_port
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class Cluster:
+    env: dict
+    temp_dir: str
+    gcs_address: str
+    dashboard: str
+
+
+def client_env() -> dict:
+    """Token authentication, as a shared cluster would run it: the same token for cluster and clients."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # a job's `python` is this venv's
+    env["RAY_AUTH_MODE"] = "token"
+    env["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    return env
+
+
+def start_cluster(num_cpus: int = 4, env: dict | None = None) -> Cluster:
+    env = env or client_env()
+    temp_dir = tempfile.mkdtemp(prefix="cvray-", dir="/tmp")
+    gcs, dash = free_port(), free_port()
+    start = subprocess.run(
+        [
+            str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", f"--num-cpus={num_cpus}",
+            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            # Every agent port explicit: the defaults would collide with the in-process Ray's agents.
+            *(f"--{name}={free_port()}" for name in (
+                "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                "metrics-export-port", "node-manager-port", "object-manager-port", "ray-client-server-port",
+            )),
+        ],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    if start.returncode != 0:
+        stop_cluster(temp_dir)
+        raise RuntimeError(f"ray start failed:\n{start.stdout}\n{start.stderr}")
+    return Cluster(env=env, temp_dir=temp_dir, gcs_address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}")
+
+
+def cluster_processes(temp_dir: str) -> list:
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if temp_dir in " ".join(p.info["cmdline"] or []):
+                procs += [p, *p.children(recursive=True)]
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    return procs
+
+
+def stop_cluster(temp_dir: str, kill: bool = False, remove: bool = True) -> None:
+    """Stop only this cluster: SIGTERM (or SIGKILL with ``kill``) to every one of its processes."""
+    import psutil
+
+    procs = cluster_processes(temp_dir)
+    for p in procs:
+        try:
+            p.kill() if kill else p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        p.kill()
+    if remove:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return False
