@@ -71,11 +71,27 @@ def ids_in(files) -> list[str]:
     return [i for f in files for i in pq.read_table(f, columns=["image_id"]).column("image_id").to_pylist()]
 
 
+N_BIG = 4 * 768
+
+
 def kill_overrides(local_catalog, random_checkpoint, tmp_path) -> list[str]:
+    """A 3,072-image catalog (each of the 768 files under 4 ids), long enough to be killed mid-run."""
+    import pyarrow as pa
+
+    table = pq.read_table(local_catalog["cfg"]["data"]["manifest"])
+    base = str(Path(local_catalog["cfg"]["data"]["manifest"]).parent)
+    uris = [u if u.startswith("/") else f"{base}/{u}" for u in table.column("uri").to_pylist()]
+    big = pa.table({
+        "image_id": [f"{i}#{k}" for k in range(4) for i in table.column("image_id").to_pylist()],
+        "uri": uris * 4,
+        "label": table.column("label").to_pylist() * 4,
+    })
+    manifest = tmp_path / "big-manifest.parquet"
+    pq.write_table(big, manifest)
     return [
         "experiment=smoke",
-        f"data.manifest={local_catalog['cfg']['data']['manifest']}",
-        "data.split=null",  # all 768 images of the catalog
+        f"data.manifest={manifest}",
+        "data.split=null",
         f"predictor.checkpoint={random_checkpoint}",
         f"paths.output={tmp_path}",
         "output.rows_per_file=32",  # many small commits, so a kill lands between two of them
@@ -103,18 +119,23 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
         return [a.pid for a in actors if "Predictor" in (a.class_name or "") and a.pid]
 
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None and not (predictor_pids() and len(committed_files(str(run_dir))) >= 2):
-        time.sleep(0.1)
+    while time.monotonic() < deadline and driver.poll() is None and len(committed_files(str(run_dir))) < 2:
+        time.sleep(0.05)
     pids = predictor_pids()
     assert driver.poll() is None and pids, "the run finished before an actor could be killed:\n" + driver.stdout.read()[-3000:]
-    files_at_kill = len(committed_files(str(run_dir)))
     psutil.Process(pids[0]).kill()  # SIGKILL: no cleanup, like an OOM kill or a lost node
+    files_at_kill = len(committed_files(str(run_dir)))
+    replacement = set()
+    while driver.poll() is None and not replacement:
+        replacement = set(predictor_pids()) - set(pids)
+        time.sleep(0.2)
     log = driver.communicate(timeout=600)[0]
+    print(f"killed predictor pid {pids[0]} with {files_at_kill}/{N_BIG // 32} files committed; replacement actor pids seen: {sorted(replacement)}")
     assert driver.returncode == 0, log[-4000:]
-    assert files_at_kill < 768 // 32, "the kill landed after the last commit"
-    assert "backfill summary: 768 inputs = 0 already labeled + 768 predicted + 0 errors" in log, log[-3000:]
+    assert files_at_kill < N_BIG // 32, "the kill landed after the last commit"
+    assert f"backfill summary: {N_BIG} inputs = 0 already labeled + {N_BIG} predicted + 0 errors" in log, log[-3000:]
     ids = ids_in(committed_files(str(run_dir)))
-    assert len(ids) == len(set(ids)) == 768
+    assert len(ids) == len(set(ids)) == N_BIG
 
 
 def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(local_catalog, random_checkpoint, tmp_path):
@@ -146,7 +167,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
     driver.wait(timeout=60)
     before = committed_files(str(model_dir / "cluster-lost"))
     done_before = set(ids_in(before))
-    assert 0 < len(done_before) < 768
+    assert 0 < len(done_before) < N_BIG
 
     second = start_cluster(num_cpus=4, env=first.env)
     try:
@@ -155,11 +176,11 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
         assert driver.returncode == 0, log[-4000:]
     finally:
         stop_cluster(second.temp_dir)
-    assert f"backfill summary: 768 inputs = {len(done_before)} already labeled + {768 - len(done_before)} predicted + 0 errors" in log, log[-3000:]
+    assert f"backfill summary: {N_BIG} inputs = {len(done_before)} already labeled + {N_BIG - len(done_before)} predicted + 0 errors" in log, log[-3000:]
     redone = ids_in(committed_files(str(model_dir / "after-restart")))
-    assert not set(redone) & done_before  # the rerun did only the remainder
+    assert len(redone) == N_BIG - len(done_before) and not set(redone) & done_before  # the rerun did only the remainder
     ids = ids_in(committed_files(str(model_dir)))
-    assert len(ids) == len(set(ids)) == 768
+    assert len(ids) == len(set(ids)) == N_BIG
     assert not [p for p in Path(tmp_path).rglob("*.parquet") if p.name.startswith(".")]
 
 
