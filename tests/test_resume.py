@@ -136,6 +136,8 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
     assert f"backfill summary: {N_BIG} inputs = 0 already labeled + {N_BIG} predicted + 0 errors" in log, log[-3000:]
     ids = ids_in(committed_files(str(run_dir)))
     assert len(ids) == len(set(ids)) == N_BIG
+    # Files of exactly output.rows_per_file rows, even across the retry: no stray remainder files.
+    assert [pq.read_metadata(f).num_rows for f in committed_files(str(run_dir))] == [32] * (N_BIG // 32)
 
 
 def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(local_catalog, random_checkpoint, tmp_path):

@@ -102,11 +102,14 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
             num_cpus=float(p["cpus_per_actor"]),
             memory=float(p["memory_mb"]) * 2**20,
         )
-        # [4] Commit files of output.rows_per_file rows each, atomically.
+        # [4] Commit files of exactly output.rows_per_file rows (the last one: the rest), atomically.
+        # A strict streaming repartition cuts the prediction stream into blocks of that size, one
+        # file per block (map_batches' own batching leaves a short remainder file per bundle).
+        ds = ds.repartition(target_num_rows_per_block=int(cfg["output"]["rows_per_file"]), strict=True)
         ds = ds.map_batches(
             commit_batch,
             fn_kwargs={"out_dir": out, "storage": dict(storage), "compression": cfg["output"]["compression"]},
-            batch_size=int(cfg["output"]["rows_per_file"]),
+            batch_size=None,
             batch_format="pyarrow",
             zero_copy_batch=True,
         )

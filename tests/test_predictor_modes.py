@@ -1,0 +1,152 @@
+"""Predictor settings beyond the CPU default: bfloat16, JPEG decode on the predictor's device,
+decode in tasks vs actors, and the GPU config on a cluster without GPUs."""
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from catalog_vision import backfill
+from catalog_vision.backfill import check_predictor, effective_predictor
+from catalog_vision.data import fetch_and_decode
+from catalog_vision.infer import Predictor, cpu_has_native_bf16, resolve_dtype
+from conftest import make_cfg
+
+
+def jpeg(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+def test_dtype_auto_resolves_by_hardware():
+    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
+    with pytest.raises(ValueError, match="auto.*bfloat16.*float16.*float32"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_bfloat16_agrees_with_float32(random_checkpoint, local_catalog):
+    """bf16 autocast changes scores by a little and labels almost never (bench/precision.py measures
+    it on a trained model: 99.95% agreement on 10,000 test images)."""
+    table = pq.read_table(local_catalog["cfg"]["data"]["manifest"])
+    base = Path(local_catalog["cfg"]["data"]["manifest"]).parent
+    f32 = Predictor(random_checkpoint, dtype="float32")
+    b16 = Predictor(random_checkpoint, dtype="bfloat16")
+    from catalog_vision.images import Preprocessing, decode
+
+    spec = Preprocessing.from_dict(f32.loaded.preprocessing)
+    pixels = np.stack([decode((base / u).read_bytes(), spec) for u in table.column("uri").to_pylist()[:256]])
+    p32, e32 = f32.predict_pixels(pixels)
+    p16, e16 = b16.predict_pixels(pixels)
+    assert np.abs(p32 - p16).max() < 0.02
+    assert np.min(np.sum(e32 * e16, axis=1)) > 0.999  # embeddings: cosine similarity
+    # Random weights make near-ties common; a trained model agrees far more often.
+    assert np.mean(p32.argmax(1) == p16.argmax(1)) > 0.9
+
+
+def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoint, tmp_path):
+    """jpeg_decode_on_device runs torchvision.io.decode_jpeg on the predictor's device (nvJPEG on a
+    GPU; libjpeg here, the same code path). It must give the CPU decoder's results: same labels,
+    pixels within JPEG rounding, and the same error rows; CMYK goes to the CPU decoder."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(np.kron(rng.integers(0, 255, (7, 7, 3)), np.ones((4, 4, 1))).astype(np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°
+    big = jpeg(rgb.resize((200, 200)))
+    files = {
+        "rgb": jpeg(rgb),
+        "gray": jpeg(rgb.convert("L")),
+        "resized": jpeg(rgb.resize((56, 40))),
+        "exif": jpeg(rgb.resize((40, 28)), exif=exif.tobytes()),
+        "cmyk": jpeg(rgb.convert("CMYK")),
+        "truncated": big[: len(big) // 2],
+        "png": (lambda b: (rgb.save(b, format="PNG"), b.getvalue())[1])(io.BytesIO()),
+    }
+    uris = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        uris.append(str(tmp_path / name))
+    batch = {"image_id": np.array(list(files), dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * len(files), dtype=object)}
+    predictor = Predictor(random_checkpoint, device="cpu", dtype="float32")
+    spec = predictor.loaded.preprocessing
+
+    on_cpu = fetch_and_decode(batch, spec)
+    deferred = fetch_and_decode(batch, spec, defer_jpeg=True)
+    sent = {n for n, b in zip(files, deferred["encoded"]) if len(b)}
+    assert sent == {"rgb", "gray", "resized", "exif", "truncated"}  # CMYK and PNG decode on CPU
+    pixels, errors = predictor.decode_jpegs([files[n] for n in sorted(sent)])
+    for n, px, err in zip(sorted(sent), pixels.numpy(), errors):
+        ref = on_cpu["pixels"][list(files).index(n)]
+        if n == "truncated":
+            assert err.startswith("TruncatedImage")
+        else:
+            assert err is None and np.abs(px.astype(int) - ref.astype(int)).max() <= 12, n
+    a = predictor(on_cpu).to_pylist()
+    b = predictor(deferred).to_pylist()
+    assert [r["error"] is None for r in a] == [r["error"] is None for r in b]
+    assert [r["label"] for r in a] == [r["label"] for r in b]
+    assert [r["error"].split(":")[0] for r in b if r["error"]] == ["TruncatedImage"]
+
+
+def test_gpu_config_falls_back_to_cpu_without_gpus(ray_local, local_catalog, random_checkpoint, tmp_path):
+    cfg = make_cfg("experiment=smoke", "predictor=gpu", f"data.manifest={local_catalog['cfg']['data']['manifest']}", f"predictor.checkpoint={random_checkpoint}", f"paths.output={tmp_path}")
+    p = cfg["predictor"]
+    assert (p["device"], p["num_gpus"], p["pin_memory"], p["jpeg_decode_on_device"], p["if_no_gpu"]) == ("cuda", 1, True, True, "cpu")
+    out = backfill(cfg)  # this cluster has no GPU: it runs on CPU actors, and says so
+    assert out["predictor"]["device"] == "cpu" and out["predictor"]["num_gpus"] == 0
+    assert out["counts"]["predicted"] == 128 and out["counts"]["model_rows"] == 128
+
+    with pytest.raises(RuntimeError, match="has none"):
+        effective_predictor({**p, "if_no_gpu": "error"}, cluster_gpus=0)
+    assert effective_predictor({**p, "if_no_gpu": "wait"}, cluster_gpus=0)["num_gpus"] == 1  # the autoscaler adds GPU nodes
+    assert effective_predictor(p, cluster_gpus=4)["device"] == "cuda"
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"if_no_gpu": "maybe"}, "cpu.*wait.*error"),
+        ({"decode_in": "gpu"}, "auto.*tasks.*actors"),
+        ({"device": "cuda", "num_gpus": 0}, "num_gpus > 0"),
+        ({"min_actors": 3, "max_actors": 2}, "min_actors"),
+        ({"dtype": "fp8"}, "bfloat16"),
+    ],
+)
+def test_bad_predictor_settings_name_the_choices(bad, message):
+    with pytest.raises(ValueError, match=message):
+        check_predictor({**make_cfg()["predictor"], **bad})
+
+
+def test_decode_in_tasks_gives_the_same_rows(ray_local, local_catalog, random_checkpoint, tmp_path):
+    """decode_in=tasks (the GPU layout: CPU tasks decode, actors predict) and decode_in=actors (the
+    CPU default) write the same predictions."""
+    base = ["experiment=smoke", f"data.manifest={local_catalog['cfg']['data']['manifest']}", f"predictor.checkpoint={random_checkpoint}"]
+    a = backfill(make_cfg(*base, "predictor.decode_in=tasks", f"paths.output={tmp_path}/a"))
+    b = backfill(make_cfg(*base, "predictor.decode_in=actors", f"paths.output={tmp_path}/b"))
+    assert (a["predictor"]["decode_in"], b["predictor"]["decode_in"]) == ("tasks", "actors")
+    ta = pq.read_table(a["output"]).sort_by("image_id")
+    tb = pq.read_table(b["output"]).sort_by("image_id")
+    assert ta.num_rows == tb.num_rows == 128
+    assert ta.column("label").to_pylist() == tb.column("label").to_pylist()
+    np.testing.assert_allclose(ta.column("score").to_numpy(), tb.column("score").to_numpy(), atol=1e-5)
+
+
+def test_stale_temp_files_are_removed(ray_local, local_catalog, random_checkpoint, tmp_path):
+    import os
+    import time
+
+    from catalog_vision.checkpoint import load
+
+    model_dir = tmp_path / "predictions" / load(random_checkpoint).model_id / "old-run"
+    model_dir.mkdir(parents=True)
+    stale, fresh = model_dir / ".part-aaaa.parquet.1.tmp", model_dir / ".part-bbbb.parquet.2.tmp"
+    stale.write_bytes(b"half a file")
+    fresh.write_bytes(b"a writer may still be busy with this one")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    out = backfill(make_cfg("experiment=smoke", f"data.manifest={local_catalog['cfg']['data']['manifest']}", f"predictor.checkpoint={random_checkpoint}", f"paths.output={tmp_path}"))
+    assert out["stale_temp_files_removed"] == 1 and not stale.exists() and fresh.exists()
