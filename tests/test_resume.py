@@ -107,7 +107,8 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
     from ray.util.state import list_actors
 
     model_id = load(random_checkpoint).model_id
-    overrides = [*kill_overrides(local_catalog, random_checkpoint, tmp_path), "predictor.min_actors=2", "predictor.max_actors=2"]
+    # Batches of 8: a few seconds of actor work, so the kill lands while the actors are busy.
+    overrides = [*kill_overrides(local_catalog, random_checkpoint, tmp_path), "predictor.min_actors=2", "predictor.max_actors=2", "predictor.batch_size=8", "data.decode_batch_size=8"]
     run_dir = tmp_path / "predictions" / model_id / "actor-killed"
     driver = subprocess.Popen(
         [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={ray_local.get_runtime_context().gcs_address}", "run_id=actor-killed"],
@@ -119,12 +120,15 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
         return [a.pid for a in actors if "Predictor" in (a.class_name or "") and a.pid]
 
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and driver.poll() is None and len(committed_files(str(run_dir))) < 2:
-        time.sleep(0.05)
-    pids = predictor_pids()
+    pids = []
+    while time.monotonic() < deadline and driver.poll() is None and not pids:
+        pids = predictor_pids()
+        time.sleep(0.1)
+    time.sleep(1.0)  # let them work for a moment
     assert driver.poll() is None and pids, "the run finished before an actor could be killed:\n" + driver.stdout.read()[-3000:]
     psutil.Process(pids[0]).kill()  # SIGKILL: no cleanup, like an OOM kill or a lost node
     files_at_kill = len(committed_files(str(run_dir)))
+    assert not (run_dir / "_run.json").exists()
     replacement = set()
     while driver.poll() is None and not replacement:
         replacement = set(predictor_pids()) - set(pids)
