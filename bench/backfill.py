@@ -189,7 +189,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default="small,resnet")
     ap.add_argument("--small-images", type=int, default=70000, help="default: one Fashion-MNIST-size catalog")
-    ap.add_argument("--resnet-images", type=int, default=3000)
+    ap.add_argument("--resnet-images", type=int, default=6000)
     ap.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b)")
     ap.add_argument("--num-cpus", type=int, default=6, help="logical CPUs for the local Ray of (a)")

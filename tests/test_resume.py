@@ -168,7 +168,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
     finally:
         stop_cluster(first.temp_dir, kill=True)
     # The driver loses its cluster; it may hang on reconnect attempts, so it goes too.
-    if not wait_for(lambda: driver.poll() is not None, timeout=30):
+    if not wait_for(lambda: driver.poll() is not None, timeout=5):
         driver.kill()
     driver.wait(timeout=60)
     before = committed_files(str(model_dir / "cluster-lost"))
