@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -75,6 +76,22 @@ def build(root: Path, n: int, source: str) -> None:
     print(f"  catalog of {n:,} files built in {time.perf_counter() - t:.0f}s", flush=True)
 
 
+def prepare_cache(root: Path, n: int, mode: str) -> None:
+    if mode == "cold":
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    elif mode == "warm":
+        from concurrent.futures import ThreadPoolExecutor
+
+        import pyarrow.parquet as pq
+
+        t = time.perf_counter()
+        uris = pq.read_table(root / "manifest.parquet", columns=["uri"]).column("uri").to_pylist()[:n]
+        with ThreadPoolExecutor(16) as pool:
+            total = sum(pool.map(lambda u: len(Path(u).read_bytes()), uris, chunksize=256))
+        print(f"  page cache warmed with {n:,} files ({total / 2**20:.0f} MiB) in {time.perf_counter() - t:.0f}s (not timed)", flush=True)
+
+
 def run_one(n: int, root: Path, overrides: list[str], num_cpus: int) -> None:
     """Child process: a fresh local Ray, then one backfill of the first n catalog rows."""
     import pyarrow.parquet as pq
@@ -88,6 +105,7 @@ def run_one(n: int, root: Path, overrides: list[str], num_cpus: int) -> None:
 
     setup_logging()
     work = root / f"run-{n}"
+    shutil.rmtree(work, ignore_errors=True)  # a fresh output: every image is labeled
     manifest = work / "manifest.parquet"
     work.mkdir(parents=True, exist_ok=True)
     pq.write_table(pq.read_table(root / "manifest.parquet").slice(0, n), manifest)
@@ -100,6 +118,20 @@ def run_one(n: int, root: Path, overrides: list[str], num_cpus: int) -> None:
     secs = time.perf_counter() - t
     print("RESULT " + json.dumps({"n": n, "seconds": secs, "counts": out["counts"], "timings": out["timings"], "images_per_s": out["images_per_s"]}), flush=True)
     ray.shutdown()
+
+
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """Rss and Pss in bytes from /proc/<pid>/smaps_rollup (one pre-summed read, unlike smaps)."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss"):
+                    out[key] = int(rest.split()[0]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return out
 
 
 class Sampler(threading.Thread):
@@ -123,12 +155,9 @@ class Sampler(threading.Thread):
                 return
             pss = rss = 0
             for p in procs:
-                try:
-                    m = p.memory_full_info()
-                    pss += m.pss
-                    rss += m.rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
+                got = smaps_rollup(p.pid)
+                pss += got.get("Pss", 0)
+                rss += got.get("Rss", 0)
             self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
             self.peak_procs = max(self.peak_procs, len(procs))
             self.stop.wait(self.interval)
@@ -140,6 +169,9 @@ def main() -> None:
     ap.add_argument("--root", default="/tmp/cvscale", help="where the catalog and outputs go (~4.5 GB for 1M)")
     ap.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--num-cpus", type=int, default=6)
+    ap.add_argument("--cache", choices=("warm", "cold", "asis"), default="warm",
+                    help="page cache before each size: warm = read its files first (untimed; measures the pipeline), "
+                    "cold = drop the cache (root; measures this disk too), asis = leave it")
     ap.add_argument("--run", type=int, help=argparse.SUPPRESS)  # child mode
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for the backfill")
     args = ap.parse_args()
@@ -153,6 +185,7 @@ def main() -> None:
     build(root, max(sizes), args.source)
     rows = []
     for n in sizes:
+        prepare_cache(root, n, args.cache)
         cmd = [sys.executable, __file__, "--root", str(root), "--num-cpus", str(args.num_cpus), "--run", str(n), *args.overrides]
         child = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sampler = Sampler(child.pid)
@@ -177,7 +210,7 @@ def main() -> None:
     import torch
 
     print(f"\nmachine: {os.cpu_count()} CPUs, torch {torch.__version__}; Ray num_cpus={args.num_cpus}; overrides {args.overrides or 'none'}")
-    print("images/s counts the backfill's pipeline (after planning); seconds is the whole backfill() call.")
+    print(f"images/s counts the backfill's pipeline (after planning); seconds is the whole backfill() call; page cache: {args.cache}.")
 
 
 if __name__ == "__main__":
