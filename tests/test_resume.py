@@ -53,6 +53,7 @@ def test_driver_killed_mid_run_then_rerun_finishes_only_the_remainder(ray_local,
     out = backfill(cfg)
     c = out["counts"]
     assert c["inputs"] == 768
+    print(f"driver killed with {rows_before}/768 images committed; rerun: skipped={c['skipped']} predicted={c['predicted']} errors={c['errors']}")
     assert c["skipped"] >= rows_before  # files committed after our listing, before the kill landed, count too
     assert c["skipped"] + c["predicted"] + c["errors"] == 768
     assert c["model_rows"] == c["model_distinct_image_ids"] == 768
@@ -183,6 +184,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
     finally:
         stop_cluster(second.temp_dir)
     assert f"backfill summary: {N_BIG} inputs = {len(done_before)} already labeled + {N_BIG - len(done_before)} predicted + 0 errors" in log, log[-3000:]
+    print(f"cluster killed with {len(done_before)}/{N_BIG} images committed; rerun on a new cluster: " + next(l for l in log.splitlines() if "backfill summary" in l))
     redone = ids_in(committed_files(str(model_dir / "after-restart")))
     assert len(redone) == N_BIG - len(done_before) and not set(redone) & done_before  # the rerun did only the remainder
     ids = ids_in(committed_files(str(model_dir)))

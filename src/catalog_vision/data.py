@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -143,12 +142,7 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
         return []
     fs, _ = st.resolve(uris[0], storage)
     paths = [st.resolve(u, storage)[1] for u in uris]
-    if st.is_remote(uris[0]):
-        got = fs.cat(paths, on_error="return")
-    else:
-        # Local (or NFS/FUSE-mounted) files: fsspec reads them one after another; threads overlap
-        # the disk latency of a cold page cache (open + read release the GIL).
-        got = dict(zip(paths, _LOCAL_READERS.map(_read_local, paths)))
+    got = fs.cat(paths, on_error="return")
     out: list[bytes | BaseException] = []
     for p in paths:
         v = got.get(p, FileNotFoundError(p)) if isinstance(got, dict) else got
@@ -156,17 +150,6 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
             v = _storage_error(v, p)
         out.append(v)
     return out
-
-
-def _read_local(path: str) -> bytes | BaseException:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        return e
-
-
-_LOCAL_READERS = ThreadPoolExecutor(max_workers=16, thread_name_prefix="cv-read")
 
 
 def _storage_error(exc: BaseException, path: str) -> ImageError:
