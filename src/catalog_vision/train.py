@@ -160,6 +160,18 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
 
 
+def _epoch_history(result) -> list[dict]:
+    """Per-epoch metrics reported by rank 0 (epoch, losses, accuracies, images/s)."""
+    try:
+        df = result.metrics_dataframe
+    except Exception:  # not every Ray version keeps it
+        return []
+    if df is None:
+        return []
+    keep = [c for c in ("epoch", "train/loss", "train/top1", "train/images_per_s", "val/loss", "val/top1") if c in df.columns]
+    return [{k: (int(v) if k == "epoch" else round(float(v), 4)) for k, v in row.items()} for row in df[keep].to_dict("records")]
+
+
 def train(cfg: Mapping[str, Any]) -> dict:
     """Train from a resolved config (plain dict). Returns a summary with the exported checkpoint URI."""
     import ray.data
@@ -241,7 +253,8 @@ def train(cfg: Mapping[str, Any]) -> dict:
         "val_rows": val_rows,
         "seconds": round(time.perf_counter() - t0, 1),
         "ray_checkpoints": st.join(storage_path, run_name),
+        "epochs": _epoch_history(result),
     }
-    print("train summary: " + json.dumps(summary), flush=True)
+    print("train summary: " + json.dumps({k: v for k, v in summary.items() if k != "epochs"}), flush=True)
     return summary
 
