@@ -161,7 +161,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def _epoch_history(result) -> list[dict]:
-    """Per-epoch metrics reported by rank 0 (epoch, losses, accuracies, images/s)."""
+    """Per-epoch metrics (epoch, losses, accuracies, images/s) of the checkpoints Ray Train kept
+    (`trainer.checkpoints_to_keep` of them: Ray Train 2.x keeps metrics only with retained checkpoints)."""
     try:
         df = result.metrics_dataframe
     except Exception:  # not every Ray version keeps it
@@ -253,8 +254,8 @@ def train(cfg: Mapping[str, Any]) -> dict:
         "val_rows": val_rows,
         "seconds": round(time.perf_counter() - t0, 1),
         "ray_checkpoints": st.join(storage_path, run_name),
-        "epochs": _epoch_history(result),
+        "retained_epochs": _epoch_history(result),  # metrics of the checkpoints Ray Train kept
     }
-    print("train summary: " + json.dumps({k: v for k, v in summary.items() if k != "epochs"}), flush=True)
+    print("train summary: " + json.dumps({k: v for k, v in summary.items() if k != "retained_epochs"}), flush=True)
     return summary
 
