@@ -1,7 +1,8 @@
 """Offline backfill: a whole catalog → one Parquet row per image.
 
 [1] Read the catalog (manifest, or a listed prefix).
-[2] Fetch and decode on CPU tasks; bytes are dropped inside that step.
+[2] Fetch and decode on CPU: in separate tasks when GPUs predict, inside the predictor actors on
+    CPU (``predictor.decode_in``); bytes are dropped inside that step.
 [3] Predict in an actor pool (``map_batches`` + ``ActorPoolStrategy``); GPUs by config.
 [4] Commit Parquet files to ``<predictions>/<model_id>/<run_id>/`` (see :mod:`.sink`) and write
     a run manifest ``_run.json``.
