@@ -21,7 +21,6 @@ Weights are random (made here): throughput does not depend on their values.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile
@@ -239,7 +238,7 @@ def main() -> None:
                 k = plain_pytorch(manifest, checkpoint, root / "plain-bf16.parquet", batch, args.workers, bf16=True)
                 rows.append(("(b) + bf16 autocast", k, time.perf_counter() - t, "bfloat16"))
             k, secs, how = model_only(checkpoint, manifest, batch, dtype, root)
-            rows.append((f"(c) model only", k, secs, f"{dtype}, {how}"))
+            rows.append(("(c) model only", k, secs, f"{dtype}, {how}"))
         rate = {m: k / s for m, k, s, _ in rows}
         rb, rc = rate["(b) plain PyTorch"], rate["(c) model only"]
         results += [(workload, m, k, s, k / s, k / s / rb, k / s / rc, note) for m, k, s, note in rows]

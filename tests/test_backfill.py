@@ -1,8 +1,6 @@
 """Backfills on a real local Ray, from a local folder and from a real S3 endpoint over HTTP."""
 
-import io
 import json
-import os
 from pathlib import Path
 
 import duckdb

@@ -1,11 +1,7 @@
 """The analyst notebook runs top to bottom against a real backfill (its asserts check the data)."""
 
-import os
-from pathlib import Path
-
 import nbclient
 import nbformat
-import pytest
 
 from catalog_vision import backfill
 from conftest import REPO, make_cfg

@@ -1,6 +1,5 @@
 """Exactly-once resume: kill the backfill driver mid-run, run again, get one row per image."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -193,11 +192,10 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
 
 
 def test_incremental_run_labels_only_new_images(ray_local, local_catalog, random_checkpoint, tmp_path):
-    import io
+    import pyarrow.compute as pc
 
-    import pyarrow as pa
-
-    manifest = pq.read_table(local_catalog["cfg"]["data"]["manifest"]).filter(pa.compute.equal(pq.read_table(local_catalog["cfg"]["data"]["manifest"])["split"], "test"))
+    manifest = pq.read_table(local_catalog["cfg"]["data"]["manifest"])
+    manifest = manifest.filter(pc.equal(manifest["split"], "test"))
     first, grown = tmp_path / "first.parquet", tmp_path / "grown.parquet"
     pq.write_table(manifest.slice(0, 100), first)
     pq.write_table(manifest, grown)  # 28 images added

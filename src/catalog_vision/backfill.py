@@ -14,7 +14,6 @@ import collections
 import io
 import json
 import logging
-import os
 import time
 from typing import Any, Mapping
 
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 from . import checkpoint as ckpt
 from . import storage as st
 from .data import catalog_table, decode_catalog, rows_per_block, to_dataset
-from .sink import commit_batch, committed_files, committed_ids
+from .sink import commit_batch, committed_files, committed_ids, remove_stale_temp_files
 from .infer import DEVICES, DTYPES, Predictor, resolve_dtype
 from .runtime import init_ray, new_run_id
 
@@ -54,7 +53,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     storage, data = cfg["storage"], cfg["data"]
     check_predictor(cfg["predictor"])
     init_ray(cfg["ray"])
-    p = effective_predictor(cfg["predictor"], ray_gpus())
+    p = effective_predictor(cfg["predictor"], cluster_resource("GPU"))
 
     checkpoint = st.absolute(p["checkpoint"])
     meta = ckpt.read_meta(checkpoint, storage)
@@ -64,6 +63,8 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     out = st.join(model_dir, run_id)
 
     removed = remove_stale_temp_files(model_dir, storage)
+    if removed:
+        log.info("removed %d stale temp files under %s", removed, model_dir)
     # [1] The catalog, minus what this model has already committed.
     catalog = catalog_table(data, storage, split=data.get("split"))
     ids = catalog.column("image_id").combine_chunks()
@@ -195,10 +196,10 @@ def cpu_dtype(dtype: str) -> str:
     return str(resolve_dtype(dtype, torch.device("cpu"))).replace("torch.", "")
 
 
-def ray_gpus() -> float:
+def cluster_resource(name: str) -> float:
     import ray
 
-    return float(ray.cluster_resources().get("GPU", 0))
+    return float(ray.cluster_resources().get(name, 0))
 
 
 def effective_predictor(p: Mapping[str, Any], cluster_gpus: float) -> dict:
@@ -216,40 +217,10 @@ def effective_predictor(p: Mapping[str, Any], cluster_gpus: float) -> dict:
     log.warning("predictor asks for GPUs but the cluster has none: falling back to CPU actors (if_no_gpu=cpu)")
     cpus = max(1, int(p.get("cpus_per_actor", 1)))
     p.update(device="cpu", num_gpus=0, pin_memory=False, jpeg_decode_on_device=False, dtype="auto")
-    p["max_actors"] = max(1, min(int(p["max_actors"]), int(ray_cpus() // cpus) or 1))
+    p["max_actors"] = max(1, min(int(p["max_actors"]), int(cluster_resource("CPU") // cpus) or 1))
     p["min_actors"] = min(int(p["min_actors"]), p["max_actors"])
     p["batch_size"] = min(int(p["batch_size"]), 512)
     return p
-
-
-def ray_cpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("CPU", 1))
-
-
-def remove_stale_temp_files(root: str, storage: Mapping[str, Any] | None = None, older_than_s: float = 3600.0) -> int:
-    """Temp files (``.part-*.tmp``) left by writers that were killed mid-write; never visible to
-    readers, removed once they are older than any live writer could be."""
-    if st.is_remote(root):
-        return 0  # object stores commit with one PUT: there are no temp objects
-    fs, path = st.resolve(root, storage)
-    if not fs.exists(path):
-        return 0
-    now = time.time()
-    removed = 0
-    for f in fs.find(path):
-        name = f.rsplit("/", 1)[-1]
-        if name.startswith(".part-") and name.endswith(".tmp"):
-            try:
-                if now - os.path.getmtime(f) > older_than_s:
-                    os.remove(f)
-                    removed += 1
-            except FileNotFoundError:
-                pass
-    if removed:
-        log.info("removed %d stale temp files under %s", removed, root)
-    return removed
 
 
 def write_dead_letter(files: list[str], uri: str, storage: Mapping[str, Any] | None = None) -> str:

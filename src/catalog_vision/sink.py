@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import uuid
 from typing import Any, Mapping
 
@@ -25,6 +26,9 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import storage as st
+
+
+TEMP_SUFFIX = ".tmp"
 
 
 def part_name(image_ids: list[str]) -> str:
@@ -46,7 +50,7 @@ def commit_batch(batch: pa.Table, out_dir: str, storage: Mapping[str, Any] | Non
         fs.pipe_file(path, data)
     else:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".{name}.{uuid.uuid4().hex}.tmp")
+        tmp = os.path.join(os.path.dirname(path), f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
@@ -73,3 +77,24 @@ def committed_ids(root: str, storage: Mapping[str, Any] | None = None) -> pa.Arr
     paths = [st.resolve(f, storage)[1] for f in files]
     table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["image_id"])
     return table.column("image_id").combine_chunks()
+
+
+def remove_stale_temp_files(root: str, storage: Mapping[str, Any] | None = None, older_than_s: float = 3600.0) -> int:
+    """Temp files left by writers killed mid-write (never visible to readers), removed once they
+    are older than any live writer could be. Object stores commit with one PUT: nothing to remove."""
+    if st.is_remote(root):
+        return 0
+    fs, path = st.resolve(root, storage)
+    if not fs.exists(path):
+        return 0
+    now, removed = time.time(), 0
+    for f in fs.find(path):
+        name = os.path.basename(f)
+        if name.startswith(".part-") and name.endswith(TEMP_SUFFIX):
+            try:
+                if now - os.path.getmtime(f) > older_than_s:
+                    os.remove(f)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+    return removed
