@@ -9,7 +9,7 @@ from catalog_vision.models import MODELS, build_model, load_backbone_weights
 GRAY = {"channels": 1, "mean": [0.5], "std": [0.5], "image_size": [28, 28]}
 
 
-@pytest.mark.parametrize("name,embed", [("small_cnn", 128), ("resnet18", 512), ("mobilenet_v3_small", 1024)])
+@pytest.mark.parametrize("name,embed", [("small_cnn", 128), ("small_vgg", 128), ("resnet18", 512), ("mobilenet_v3_small", 1024), ("efficientnet_b0", 1280)])
 def test_build_gray_models(name, embed):
     model = build_model({"name": name}, 10, GRAY).eval()
     x = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
@@ -41,5 +41,35 @@ def test_pretrained_weights_from_a_path(tmp_path):
     pth = tmp_path / "resnet18.pth"
     torch.save(tv.state_dict(), pth)
     skipped = load_backbone_weights(model, str(pth))
-    assert "conv1.weight" in skipped and "fc.weight" in skipped
+    # The RGB stem is summed into the grayscale one (timm's adaptation); the 1000-way fc is skipped.
+    assert skipped == ["fc.bias", "fc.weight"]
+    torch.testing.assert_close(model.backbone.conv1.weight, tv.conv1.weight.sum(dim=1, keepdim=True))
     torch.testing.assert_close(model.backbone.layer4[1].conv2.weight, tv.layer4[1].conv2.weight)
+
+
+def test_vit_takes_the_configured_input_size():
+    model = build_model({"name": "vit_b_16"}, 3, {"channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "image_size": [32, 32]}).eval()
+    with torch.no_grad():
+        feats = model.forward_features(torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8))
+    assert feats.shape == (1, 768)
+    with pytest.raises(ValueError, match="square"):
+        build_model({"name": "vit_b_16"}, 3, {"channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "image_size": [32, 48]})
+
+
+def test_freeze_backbone_trains_only_the_head():
+    from catalog_vision.models import set_backbone_frozen
+
+    torch.manual_seed(0)
+    model = build_model({"name": "small_vgg", "width": 8}, 4, GRAY).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    set_backbone_frozen(model, True)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    loss = model(torch.randint(0, 256, (8, 1, 28, 28), dtype=torch.uint8)).logsumexp(1).mean()
+    loss.backward()
+    opt.step()
+    after = model.state_dict()
+    changed = {k for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"head.weight", "head.bias"}  # BN running stats too stay put
+    set_backbone_frozen(model, False)
+    model.train()
+    assert all(p.requires_grad for p in model.parameters())

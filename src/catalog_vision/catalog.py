@@ -70,6 +70,28 @@ def _write_chunk(images: np.ndarray, ids: list[str], uris: list[str], fmt: str, 
     return len(blobs)
 
 
+def make_tiles(x: np.ndarray, y: np.ndarray, grid: int, fill: float, seed: int = 0) -> tuple[np.ndarray, list[list[int]]]:
+    """A multi-label catalog from a single-label one: ``grid x grid`` tiles of consecutive items,
+    each cell kept with probability ``fill`` (at least one per tile, others left black). A tile's
+    labels are the distinct classes it shows. Items are never shared between tiles or splits."""
+    rng = np.random.default_rng(seed)
+    per = grid * grid
+    n = len(x) // per
+    h, w = x.shape[1:3]
+    out = np.zeros((n, grid * h, grid * w), dtype=x.dtype)
+    labels: list[list[int]] = []
+    for t in range(n):
+        keep = rng.random(per) < fill
+        keep[rng.integers(per)] = True
+        present = set()
+        for c in np.flatnonzero(keep):
+            r, q = divmod(int(c), grid)
+            out[t, r * h : (r + 1) * h, q * w : (q + 1) * w] = x[t * per + c]
+            present.add(int(y[t * per + c]))
+        labels.append(sorted(present))
+    return out, labels
+
+
 def make_catalog(cfg: Mapping[str, Any]) -> dict:
     """Write image files + manifest for the configured splits; returns a summary."""
     import ray
@@ -98,7 +120,13 @@ def make_catalog(cfg: Mapping[str, Any]) -> dict:
         data["val_split"]: (train_x[len(train_x) - val_size :], train_y[len(train_x) - val_size :]),
         "test": src["test"],
     }
-    rows = {"image_id": [], "uri": [], "label": [], "split": []}
+    tiles = data.get("tiles") or {}
+    if tiles:
+        splits = {name: make_tiles(x, y, int(tiles.get("grid", 2)), float(tiles.get("fill", 0.6)), seed=i) for i, (name, (x, y)) in enumerate(splits.items())}
+    rows: dict[str, list] = {"image_id": [], "uri": [], "label": [], "split": []}
+    if tiles:
+        rows["labels"] = []
+    images_dir = manifest_uri.rsplit("/", 1)[0]
     futures = []
     write = ray.remote(_write_chunk).options(num_cpus=1)
     chunk = int(data.get("write_chunk", 2000))
@@ -108,15 +136,19 @@ def make_catalog(cfg: Mapping[str, Any]) -> dict:
         if n == 0:
             continue
         ids = [f"{split}-{i:05d}" for i in range(n)]
-        uris = [st.join(catalog, "images", f"{i}.{'jpg' if fmt == 'jpeg' else 'png'}") for i in ids]
+        uris = [st.join(images_dir, "images", f"{i}.{'jpg' if fmt == 'jpeg' else 'png'}") for i in ids]
         rows["image_id"] += ids
         rows["uri"] += uris
-        rows["label"] += [classes[int(v)] for v in y[:n]]
+        if tiles:  # multi-label: the classes present in each tile, no single label
+            rows["labels"] += [[classes[int(v)] for v in present] for present in y[:n]]
+            rows["label"] += [None] * n
+        else:
+            rows["label"] += [classes[int(v)] for v in y[:n]]
         rows["split"] += [split] * n
         for s in range(0, n, chunk):
             futures.append(write.remote(x[s : s + chunk], ids[s : s + chunk], uris[s : s + chunk], fmt, dict(storage)))
     written = sum(ray.get(futures))
-    table = pa.table({k: pa.array(v, pa.string()) for k, v in rows.items()})
+    table = pa.table({k: pa.array(v, pa.list_(pa.string()) if k == "labels" else pa.string()) for k, v in rows.items()})
     buf = io.BytesIO()
     pq.write_table(table, buf)
     # The manifest goes last: its presence means the images are all there.
@@ -128,6 +160,7 @@ def make_catalog(cfg: Mapping[str, Any]) -> dict:
         "images": written,
         "splits": {k: int(v) for k, v in counts.items()},
         "format": fmt,
+        **({"task": "multilabel", "labels_per_image": round(sum(map(len, rows["labels"])) / max(1, len(rows["labels"])), 2)} if tiles else {}),
         "seconds": round(time.perf_counter() - t0, 1),
     }
     print("make_catalog summary: " + json.dumps(summary), flush=True)

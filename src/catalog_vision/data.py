@@ -7,7 +7,6 @@ image, so one corrupt object never fails a job.
 from __future__ import annotations
 
 import io
-import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -130,10 +129,14 @@ def to_dataset(table: pa.Table, rows_per_block: int):
 
 
 def _normalise_manifest(batch: pa.Table, base: str) -> pa.Table:
+    """``image_id, uri, label`` (+ ``labels``, list<string>, for multi-label catalogs)."""
     n = batch.num_rows
     label = batch.column("label").cast(pa.string()) if "label" in batch.column_names else pa.nulls(n, pa.string())
     uris = [_resolve_uri(u, base) for u in batch.column("uri").to_pylist()]
-    return pa.table({"image_id": batch.column("image_id").cast(pa.string()), "uri": pa.array(uris, pa.string()), "label": label})
+    cols = {"image_id": batch.column("image_id").cast(pa.string()), "uri": pa.array(uris, pa.string()), "label": label}
+    if "labels" in batch.column_names:
+        cols["labels"] = batch.column("labels").cast(pa.list_(pa.string()))
+    return pa.table(cols)
 
 
 def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[bytes | BaseException]:
@@ -203,6 +206,8 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
         "pixels": pixels,
         "error": errors,
     }
+    if "labels" in batch:  # multi-label catalogs
+        out["labels"] = np.asarray(batch["labels"], dtype=object)
     if defer_jpeg:
         out["encoded"] = encoded
     return out
@@ -243,10 +248,28 @@ def is_error(e: Any) -> bool:
     return isinstance(e, str) and bool(e)
 
 
-def to_training(batch: dict[str, np.ndarray], classes: Sequence[str]) -> dict[str, np.ndarray]:
-    """Drop error rows and unlabeled rows; class names → indices."""
+TASKS = ("multiclass", "multilabel")
+
+
+def to_training(batch: dict[str, np.ndarray], classes: Sequence[str], task: str = "multiclass") -> dict[str, np.ndarray]:
+    """Drop error rows and unlabeled rows. Multi-class: class names → indices (``y`` int64);
+    multi-label: the ``labels`` lists → multi-hot ``y`` (float32, one column per class)."""
     index = {c: i for i, c in enumerate(classes)}
     ok = [not is_error(e) for e in batch["error"]]
+    if task == "multilabel":
+        if "labels" not in batch:
+            raise ValueError("data.task=multilabel needs a 'labels' column (list of class names) in the manifest")
+        lists = [list(v) if v is not None and o else None for v, o in zip(batch["labels"], ok)]
+        unknown = {c for v in lists if v for c in v if c not in index}
+        if unknown:
+            raise ValueError(f"manifest labels {sorted(unknown)[:10]} are not in data.classes={list(classes)}")
+        keep = np.array([v is not None for v in lists], dtype=bool)
+        y = np.zeros((int(keep.sum()), len(classes)), dtype=np.float32)
+        for r, v in enumerate(v for v in lists if v is not None):
+            y[r, [index[c] for c in v]] = 1.0
+        return {"pixels": batch["pixels"][keep], "y": y}
+    if task != "multiclass":
+        raise ValueError(f"data.task={task!r}; choose one of {list(TASKS)}")
     keep = np.array([o and lbl in index for o, lbl in zip(ok, batch["label"])], dtype=bool)
     unknown = {lbl for o, lbl in zip(ok, batch["label"]) if o and isinstance(lbl, str) and lbl not in index}
     if unknown:
@@ -255,23 +278,3 @@ def to_training(batch: dict[str, np.ndarray], classes: Sequence[str]) -> dict[st
         "pixels": batch["pixels"][keep],
         "y": np.array([index[lbl] for lbl in batch["label"][keep]], dtype=np.int64),
     }
-
-
-def augment(batch: dict[str, np.ndarray], pad: int = 2, hflip: bool = True) -> dict[str, np.ndarray]:
-    """Random pad-and-crop and horizontal flip on ``uint8 (N,C,H,W)``; a fresh draw every epoch."""
-    x = batch["pixels"]
-    n, _, h, w = x.shape
-    rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
-    out = x
-    if pad:
-        padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="constant")
-        dy = rng.integers(0, 2 * pad + 1, n)
-        dx = rng.integers(0, 2 * pad + 1, n)
-        rows = dy[:, None] + np.arange(h)[None, :]  # (n, h)
-        cols = dx[:, None] + np.arange(w)[None, :]  # (n, w)
-        out = padded[np.arange(n)[:, None, None, None], np.arange(x.shape[1])[None, :, None, None], rows[:, None, :, None], cols[:, None, None, :]]
-    if hflip:
-        flip = rng.random(n) < 0.5
-        out = out.copy() if out is x else out
-        out[flip] = out[flip][..., ::-1]
-    return {"pixels": np.ascontiguousarray(out), "y": batch["y"]}

@@ -62,10 +62,10 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str, device: torch.device, setting: str = "predictor.dtype") -> torch.dtype:
     """``auto``: float16 on CUDA (bfloat16 where supported), bfloat16 on CPUs with native bf16, else float32."""
     if dtype not in DTYPES:
-        raise ValueError(f"predictor.dtype={dtype!r}; choose one of {sorted(DTYPES)}")
+        raise ValueError(f"{setting}={dtype!r}; choose one of {sorted(DTYPES)}")
     if dtype != "auto":
         return DTYPES[dtype]
     if device.type == "cuda":
@@ -103,6 +103,9 @@ class Predictor:
         self.channels_last = channels_last
         self.pin_memory = bool(pin_memory) and self.device.type == "cuda"
         self.classes = list(self.loaded.classes)
+        # Multi-label checkpoints: sigmoid scores, and every label above its validation-chosen threshold.
+        self.task = self.loaded.meta.get("task", "multiclass")
+        self.thresholds = np.asarray(self.loaded.meta.get("thresholds") or [0.5] * len(self.classes), dtype=np.float32)
         self._class_names = pa.array(self.classes, pa.string())
         self.topk = max(1, min(int(topk), len(self.classes)))
         self.threshold = float(low_confidence_threshold)
@@ -130,14 +133,16 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_pixels(self, pixels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """``uint8 (N,C,H,W)`` → (probabilities ``(N, K)``, L2-normalised embeddings ``(N, D)``)."""
+        """``uint8 (N,C,H,W)`` → (probabilities ``(N, K)``, L2-normalised embeddings ``(N, D)``).
+
+        Probabilities are softmax over classes, or per-label sigmoids for multi-label models."""
         x = self._to_device(pixels)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
             feats = self.model.forward_features(x)
             logits = self.model.forward_head(feats)
-        probs = torch.softmax(logits.float(), dim=1)
+        probs = torch.sigmoid(logits.float()) if self.task == "multilabel" else torch.softmax(logits.float(), dim=1)
         emb = torch.nn.functional.normalize(feats.float(), dim=1)
         return probs.cpu().numpy(), emb.cpu().numpy()
 
@@ -182,17 +187,25 @@ class Predictor:
         emb = np.zeros((n, d), dtype=np.float32)
         top_s = np.zeros((n, k), dtype=np.float32)
         top_i = np.zeros((n, k), dtype=np.int64)
+        above = np.zeros((n, len(self.classes)), dtype=bool)
         if ok.any():
             probs, feats = self.predict_pixels(pixels[torch.from_numpy(ok)] if isinstance(pixels, torch.Tensor) else pixels[ok])
             s, i = torch.topk(torch.from_numpy(probs), k, dim=1)
             top_s[ok], top_i[ok] = s.numpy(), i.numpy()
             emb[ok] = feats
+            if self.task == "multilabel":
+                above[ok] = probs >= self.thresholds[None, :]
         bad = pa.array(~ok)
         # Column-wise Arrow construction: no per-row Python.
         names = self._class_names.take(pa.array(top_i.reshape(-1)))
         offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
         one = pa.array(np.arange(0, n + 1, dtype=np.int32))
         score = top_s[:, 0]
+        if self.task == "multilabel":  # labels above their thresholds, in class order
+            rows, cols = np.nonzero(above)
+            labels_col = pa.ListArray.from_arrays(pa.array(np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)), self._class_names.take(pa.array(cols)), mask=bad)
+        else:
+            labels_col = pa.ListArray.from_arrays(one, names.take(pa.array(np.arange(0, n * k, k))), mask=bad)
         return pa.Table.from_arrays(
             [
                 pa.array(list(image_id), pa.string()),
@@ -201,7 +214,7 @@ class Predictor:
                 pa.array(score, pa.float32(), mask=~ok),
                 pa.ListArray.from_arrays(offsets, names, mask=bad),
                 pa.ListArray.from_arrays(offsets, pa.array(top_s.reshape(-1), pa.float32()), mask=bad),
-                pa.ListArray.from_arrays(one, names.take(pa.array(np.arange(0, n * k, k))), mask=bad),
+                labels_col,
                 pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d, mask=bad),
                 pa.array(score < self.threshold, pa.bool_(), mask=~ok),
                 pa.array([self.model_id] * n, pa.string()),

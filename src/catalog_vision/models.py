@@ -60,11 +60,33 @@ def small_cnn(in_chans: int, embed_dim: int = 128, width: int = 32, **_: Any) ->
     return backbone, embed_dim
 
 
+def small_vgg(in_chans: int, width: int = 32, dropout2d: float = 0.1, **_: Any) -> tuple[nn.Module, int]:
+    """Three VGG stages (two 3x3 conv+BN+ReLU each, widths w, 2w, 4w), global average pooling.
+
+    The accuracy recipe for 28x28 catalogs: ~0.29M parameters at width 32, ~810 training images/s
+    per CPU core in bfloat16 on this machine (3x the compute of ``small_cnn``). Embedding = 4w.
+    """
+    w = width
+    backbone = nn.Sequential(
+        *_conv_bn(in_chans, w), *_conv_bn(w, w), nn.MaxPool2d(2), nn.Dropout(dropout2d),
+        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2), nn.Dropout(dropout2d),
+        *_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    )  # fmt: skip
+    return backbone, 4 * w
+
+
 def _torchvision(name: str) -> Callable[..., tuple[nn.Module, int]]:
-    def build(in_chans: int, **_: Any) -> tuple[nn.Module, int]:
+    def build(in_chans: int, image_size: Sequence[int] = (224, 224), **_: Any) -> tuple[nn.Module, int]:
         import torchvision
 
-        model = torchvision.models.get_model(name, weights=None)
+        kwargs: dict[str, Any] = {}
+        if name.startswith("vit_"):  # position embeddings are sized for the input: square, a multiple of the patch
+            if image_size[0] != image_size[1]:
+                raise ValueError(f"{name} needs square inputs; data.preprocessing.image_size={list(image_size)}")
+            kwargs["image_size"] = int(image_size[0])
+        model = torchvision.models.get_model(name, weights=None, **kwargs)
         _adapt_first_conv(model, in_chans)
         num_features = _strip_last_linear(model)
         return model, num_features
@@ -103,6 +125,7 @@ def _strip_last_linear(model: nn.Module) -> int:
 
 MODELS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
     "small_cnn": small_cnn,
+    "small_vgg": small_vgg,
     **{n: _torchvision(n) for n in ("resnet18", "resnet34", "resnet50", "mobilenet_v3_small", "efficientnet_b0", "convnext_tiny", "vit_b_16")},
 }
 
@@ -113,7 +136,7 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, preprocessing: M
     if name not in MODELS:
         raise ValueError(f"unknown model.name={name!r}; choose one of {sorted(MODELS)}")
     kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "dropout", "pretrained")}
-    backbone, num_features = MODELS[name](in_chans=int(preprocessing["channels"]), **kwargs)
+    backbone, num_features = MODELS[name](in_chans=int(preprocessing["channels"]), image_size=tuple(preprocessing.get("image_size") or (224, 224)), **kwargs)
     model = ImageClassifier(backbone, num_features, num_classes, preprocessing["mean"], preprocessing["std"], float(model_cfg.get("dropout", 0.0) or 0.0))
     if model_cfg.get("pretrained"):
         load_backbone_weights(model, model_cfg["pretrained"])
@@ -123,8 +146,9 @@ def build_model(model_cfg: Mapping[str, Any], num_classes: int, preprocessing: M
 def load_backbone_weights(model: ImageClassifier, uri: str, storage: Mapping[str, Any] | None = None) -> list[str]:
     """Load a torchvision state_dict (``.pt``/``.pth``) or ``.safetensors`` into the backbone.
 
-    Loads without unpickling code (``weights_only=True``); tensors whose shapes do not fit (the
-    adapted stem, the replaced classifier) are skipped and returned.
+    Loads without unpickling code (``weights_only=True``). An RGB stem loaded into a grayscale
+    model is summed over its input channels (the usual adaptation, as timm does); other tensors whose
+    shapes do not fit (the replaced classifier) are skipped and returned.
     """
     import io
 
@@ -138,6 +162,24 @@ def load_backbone_weights(model: ImageClassifier, uri: str, storage: Mapping[str
     else:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     target = model.backbone.state_dict()
+    for k, v in list(state.items()):
+        t = target.get(k)
+        if t is not None and v.ndim == 4 and t.ndim == 4 and v.shape[1] == 3 and t.shape[1] == 1 and v.shape[0] == t.shape[0] and v.shape[2:] == t.shape[2:]:
+            state[k] = v.sum(dim=1, keepdim=True)
     fit = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
     model.backbone.load_state_dict(fit, strict=False)
     return sorted(set(state) - set(fit))
+
+
+def set_backbone_frozen(model: ImageClassifier, frozen: bool) -> None:
+    """Freeze (or unfreeze) the backbone for linear probing / transfer learning.
+
+    Frozen: no gradients for the backbone and its BatchNorm layers in eval mode (running statistics
+    stay those of the starting weights); only the head trains. Call after ``model.train()``.
+    """
+    for p in model.backbone.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        for m in model.backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()

@@ -1,15 +1,23 @@
 """Data-parallel training with Ray Train: ``TorchTrainer`` over Ray Data shards.
 
 [1] Ray Data reads the catalog and decodes it on CPU tasks, once (``materialize``).
-[2] Each epoch, augmentation runs as Ray Data CPU tasks, streaming into the workers.
-[3] Workers train with DDP (gloo on CPU, NCCL on GPU), evaluate on their validation shard and
-    all-reduce the counts.
-[4] Rank 0 writes a checkpoint per epoch; Ray Train persists it to ``trainer.storage_path``.
-[5] The best checkpoint (by ``val/top1``) is exported to ``paths.model`` for backfill and serving.
+[2] Each epoch the shards stream into the workers (block order randomised, local shuffle buffer);
+    each worker augments its batches with ``torchvision.transforms.v2`` (:mod:`.transforms`),
+    seeded per (seed, epoch, rank), then mixup/cutmix when configured.
+[3] Workers train with DDP (gloo on CPU, NCCL on GPU) under autocast (bfloat16 on CPUs with native
+    bf16, float16/bfloat16 on GPUs), evaluate on their validation shard and all-reduce the counts.
+    Multi-label runs gather the validation scores and pick a per-class threshold (best F1).
+[4] Rank 0 writes a checkpoint per epoch (weights, optimizer, scheduler, metric history,
+    thresholds); Ray Train persists it under ``trainer.storage_path`` (local or s3://), keeps
+    ``trainer.checkpoints_to_keep``, and restores the latest on a worker failure or when a run of
+    the same ``trainer.run_name`` is submitted again.
+[5] The best checkpoint (by ``trainer.monitor``) is exported to ``paths.model`` with the whole
+    run's history, for evaluation, backfill and serving.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -18,19 +26,46 @@ import tempfile
 import time
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import storage as st
-from .data import augment, decoded_catalog, to_training
+from . import transforms
+from .data import TASKS, catalog_table, decoded_catalog, to_training
 from .images import Preprocessing
-from .models import build_model
+from .models import build_model, set_backbone_frozen
 from .runtime import init_ray, new_run_id
 
 log = logging.getLogger("catalog_vision")
 
 OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "onecycle")
+IMBALANCE = ("none", "class_weights", "weighted_sampling")
+
+
+def check_trainer(t: Mapping[str, Any], task: str) -> None:
+    """Fail on the driver, before any work, with the valid choices for each setting."""
+    for key, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("imbalance", IMBALANCE)):
+        if t.get(key, choices[0]) not in choices:
+            raise ValueError(f"trainer.{key}={t.get(key)!r}; choose one of {list(choices)}")
+    if task not in TASKS:
+        raise ValueError(f"data.task={task!r}; choose one of {list(TASKS)}")
+    if task == "multilabel" and t.get("imbalance") == "weighted_sampling":
+        raise ValueError("trainer.imbalance=weighted_sampling is for multiclass; multi-label runs use class_weights (BCE pos_weight)")
+    if int(t.get("accumulate_steps", 1)) < 1:
+        raise ValueError(f"trainer.accumulate_steps={t.get('accumulate_steps')!r}; must be >= 1")
+    transforms.build(t.get("augment"), (8, 8))  # validates the preset name
+    from .infer import resolve_dtype
+
+    resolve_dtype(t.get("precision", "auto"), torch.device("cpu"), "trainer.precision")
+
+
+def monitor_of(t: Mapping[str, Any], task: str) -> tuple[str, str]:
+    """The validation metric that picks the best checkpoint and drives early stopping, and its mode."""
+    metric = t.get("monitor") or ("val/top1" if task == "multiclass" else "val/f1_macro")
+    return metric, ("min" if metric.endswith("loss") else "max")
 
 
 def _lr_lambda(total_steps: int, warmup_steps: int):
@@ -43,7 +78,7 @@ def _lr_lambda(total_steps: int, warmup_steps: int):
     return f
 
 
-def _make_optimizer(params, t: Mapping[str, Any]) -> torch.optim.Optimizer:
+def make_optimizer(params, t: Mapping[str, Any]) -> torch.optim.Optimizer:
     name = t["optimizer"]
     if name == "adamw":
         return torch.optim.AdamW(params, lr=t["lr"], weight_decay=t["weight_decay"])
@@ -52,43 +87,142 @@ def _make_optimizer(params, t: Mapping[str, Any]) -> torch.optim.Optimizer:
     raise ValueError(f"trainer.optimizer={name!r}; choose one of {list(OPTIMIZERS)}")
 
 
-def train_one_epoch(model, shard, optimizer, scheduler, t: Mapping[str, Any], device) -> dict[str, float]:
-    model.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+def make_scheduler(optimizer, t: Mapping[str, Any], steps_per_epoch: int):
+    """Per optimizer step: linear warmup then cosine to zero, or one-cycle (warmup = its rising phase)."""
+    total = max(1, steps_per_epoch * int(t["epochs"]))
+    warmup = int(float(t.get("warmup_epochs", 0)) * steps_per_epoch)
+    if t.get("schedule", "cosine") == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t["lr"], total_steps=total, pct_start=min(0.5, max(0.05, warmup / total)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
+
+
+def seed_everything(seed: int) -> None:
+    """Model init, augmentation, mixup and sampling draws (Ray Data's shuffle order is not seeded)."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def class_weights(counts: list[int], task: str, rows: int) -> torch.Tensor:
+    """Inverse-frequency weights normalised to mean 1 (multi-class), or BCE ``pos_weight`` =
+    negatives/positives per label (multi-label), capped at 100 so a near-empty class cannot dominate."""
+    c = torch.tensor(counts, dtype=torch.float32).clamp(min=1)
+    if task == "multilabel":
+        return ((rows - c) / c).clamp(max=100.0)
+    w = (1.0 / c).clamp(max=100.0 / c.max())
+    return w * len(c) / w.sum()
+
+
+class Step:
+    """One worker's recipe: loss, autocast, gradient scaling/accumulation, augmentation, mixing."""
+
+    def __init__(self, t: Mapping[str, Any], task: str, num_classes: int, image_size, counts: list[int], rows: int, device):
+        from .infer import resolve_dtype
+
+        self.t, self.task, self.device, self.num_classes = t, task, device, num_classes
+        self.amp_dtype = resolve_dtype(t.get("precision", "auto"), device, "trainer.precision")
+        self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
+        self.accumulate = int(t.get("accumulate_steps", 1))
+        self.augment = transforms.build(t.get("augment"), image_size)
+        self.mix = transforms.batch_mix(t.get("augment"), num_classes) if task == "multiclass" else None
+        imbalance = t.get("imbalance", "none")
+        weights = class_weights(counts, task, rows).to(device) if imbalance != "none" else None
+        self.loss_weight = weights if imbalance == "class_weights" else None
+        self.sample_weight = weights if imbalance == "weighted_sampling" else None
+        self.label_smoothing = float(t.get("label_smoothing", 0.0))
+
+    def autocast(self):
+        if self.amp_dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        logits = logits.float()
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.loss_weight, reduction=reduction)
+        return F.cross_entropy(logits, target, weight=self.loss_weight, label_smoothing=self.label_smoothing, reduction=reduction)
+
+    def hits(self, logits: torch.Tensor, y: torch.Tensor) -> float:
+        """Top-1 hits (multi-class) or correctly decided labels per image at 0.5 (multi-label)."""
+        if self.task == "multilabel":
+            return ((logits > 0) == (y > 0.5)).float().mean(1).sum().item()
+        return (logits.argmax(1) == y).sum().item()
+
+    def prepare(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(input, loss target, labels for hits): resample, augment per image, mix, move to device."""
+        x, y = batch["pixels"], batch["y"]
+        if self.sample_weight is not None:  # weighted sampling, within each shuffled batch, with replacement
+            idx = torch.multinomial(self.sample_weight.cpu()[y], len(y), replacement=True)
+            x, y = x[idx], y[idx]
+        x = transforms.apply(self.augment, x)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        target = y
+        if self.mix is not None:
+            x, target = self.mix(x.float(), y)
+        return x.contiguous(memory_format=torch.channels_last), target, y
+
+
+def train_one_epoch(model, shard, optimizer, scheduler, step: Step) -> dict[str, float]:
+    t = step.t
+    loss_sum, hits, seen, pending = 0.0, 0.0, 0, 0
     start = time.perf_counter()
-    for batch in shard.iter_torch_batches(
+    y_dtype = torch.float32 if step.task == "multilabel" else torch.int64
+    batches = shard.iter_torch_batches(
         batch_size=t["batch_size"],
-        dtypes={"pixels": torch.uint8, "y": torch.int64},
-        device=device,
+        dtypes={"pixels": torch.uint8, "y": y_dtype},
+        device="cpu",  # augmentation runs per image on the CPU; Step.prepare moves the batch
         local_shuffle_buffer_size=t.get("shuffle_buffer") or None,
         drop_last=True,
-    ):
-        x = batch["pixels"].contiguous(memory_format=torch.channels_last)
-        y = batch["y"]
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=t.get("label_smoothing", 0.0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+    )
+    for i, batch in enumerate(batches):
+        x, target, y = step.prepare(batch)
+        sync = (i + 1) % step.accumulate == 0
+        with contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync():
+            with step.autocast():
+                logits = model(x)
+            loss = step.loss(logits, target)
+            scaled = loss / step.accumulate
+            (step.scaler.scale(scaled) if step.scaler else scaled).backward()
+        pending += 1
+        if sync:
+            if step.scaler:
+                step.scaler.step(optimizer)
+                step.scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            pending = 0
         loss_sum += loss.item() * len(y)
-        correct += (logits.argmax(1) == y).sum().item()
+        hits += step.hits(logits.detach(), y)
         seen += len(y)
-    elapsed = time.perf_counter() - start
-    return {"loss_sum": loss_sum, "correct": correct, "seen": seen, "elapsed": elapsed}
+    if pending:  # fewer than accumulate_steps batches left at the end of the epoch: dropped
+        optimizer.zero_grad(set_to_none=True)
+    return {"loss_sum": loss_sum, "correct": hits, "seen": seen, "elapsed": time.perf_counter() - start}
 
 
 @torch.no_grad()
-def evaluate(model, shard, batch_size: int, device) -> dict[str, float]:
+def evaluate(model, shard, step: Step, batch_size: int) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Summed loss/hits on this worker's validation shard, plus its scores and targets."""
     model.eval()
-    loss_sum, correct, seen = 0.0, 0, 0
-    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes={"pixels": torch.uint8, "y": torch.int64}, device=device):
-        x = batch["pixels"].contiguous(memory_format=torch.channels_last)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, batch["y"], reduction="sum").item()
-        correct += (logits.argmax(1) == batch["y"]).sum().item()
-        seen += len(batch["y"])
-    return {"loss_sum": loss_sum, "correct": correct, "seen": seen}
+    loss_sum, hits, seen = 0.0, 0.0, 0
+    scores, targets = [], []
+    y_dtype = torch.float32 if step.task == "multilabel" else torch.int64
+    for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes={"pixels": torch.uint8, "y": y_dtype}, device=step.device):
+        x, y = batch["pixels"].contiguous(memory_format=torch.channels_last), batch["y"]
+        with step.autocast():
+            logits = model(x).float()
+        loss_sum += step.loss(logits, y, reduction="sum").item() / (logits.shape[1] if step.task == "multilabel" else 1)
+        hits += step.hits(logits, y)
+        seen += len(y)
+        scores.append((torch.sigmoid(logits) if step.task == "multilabel" else torch.softmax(logits, 1)).cpu().numpy())
+        targets.append(y.cpu().numpy())
+    counts = {"loss_sum": loss_sum, "correct": hits, "seen": seen}
+    if not scores:
+        return counts, np.zeros((0, step.num_classes), np.float32), np.zeros((0, step.num_classes) if step.task == "multilabel" else (0,), np.float32)
+    return counts, np.concatenate(scores), np.concatenate(targets)
 
 
 def _all_reduce(values: dict[str, float]) -> dict[str, float]:
@@ -100,125 +234,213 @@ def _all_reduce(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def _all_gather(arr: np.ndarray) -> np.ndarray:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return arr
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, arr)
+    return np.concatenate([a for a in out if a is not None and len(a)])
+
+
+def choose_thresholds(scores: np.ndarray, targets: np.ndarray) -> list[float]:
+    """Per label, the score threshold with the best F1 on validation (0.5 when a label has no positives)."""
+    from sklearn.metrics import precision_recall_curve
+
+    out = []
+    for k in range(targets.shape[1]):
+        if targets[:, k].sum() == 0:
+            out.append(0.5)
+            continue
+        p, r, th = precision_recall_curve(targets[:, k], scores[:, k])
+        f1 = 2 * p[:-1] * r[:-1] / np.maximum(p[:-1] + r[:-1], 1e-12)
+        out.append(float(th[int(np.argmax(f1))]))
+    return out
+
+
+def multilabel_val_metrics(scores: np.ndarray, targets: np.ndarray, thresholds: list[float]) -> dict[str, float]:
+    from sklearn.metrics import f1_score, hamming_loss
+
+    pred = scores >= np.asarray(thresholds)[None, :]
+    return {
+        "val/f1_macro": float(f1_score(targets, pred, average="macro", zero_division=0)),
+        "val/f1_micro": float(f1_score(targets, pred, average="micro", zero_division=0)),
+        "val/hamming_loss": float(hamming_loss(targets, pred)),
+        "val/f1_macro@0.5": float(f1_score(targets, scores >= 0.5, average="macro", zero_division=0)),
+    }
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    t = config["trainer"]
+    t, task = config["trainer"], config["task"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.manual_seed(int(t["seed"]) + rank)
+    seed = int(t["seed"])
+    seed_everything(seed)  # the same initial weights on every rank
     if t.get("threads_per_worker"):
         torch.set_num_threads(int(t["threads_per_worker"]))
     device = ray.train.torch.get_device()
+    classes = config["classes"]
+    step = Step(t, task, len(classes), config["preprocessing"]["image_size"], config["class_counts"], config["train_rows"], device)
 
-    model = build_model(config["model"], len(config["classes"]), config["preprocessing"])
-    model = model.to(memory_format=torch.channels_last)
-    optimizer = _make_optimizer(model.parameters(), t)
-    steps_per_epoch = max(1, config["train_rows"] // (world * t["batch_size"]))
-    total_steps = steps_per_epoch * t["epochs"]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(t["warmup_epochs"] * steps_per_epoch)))
-    start_epoch = 0
+    inner = build_model(config["model"], len(classes), config["preprocessing"]).to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(inner.parameters(), t)
+    steps_per_epoch = max(1, config["train_rows"] // (world * t["batch_size"] * step.accumulate))
+    scheduler = make_scheduler(optimizer, t, steps_per_epoch)
+    start_epoch, history = 0, []
     restored = ray.train.get_checkpoint()
     if restored:
         with restored.as_directory() as d:
             loaded = ckpt.load(d)
-            model.load_state_dict(loaded.model.state_dict())
+            inner.load_state_dict(loaded.model.state_dict())
             state = torch.load(os.path.join(d, "train_state.pt"), weights_only=True)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+            if step.scaler and "scaler" in state:
+                step.scaler.load_state_dict(state["scaler"])
             start_epoch = int(loaded.meta["epoch"]) + 1
-    model = ray.train.torch.prepare_model(model)
+            history = list(loaded.meta.get("history", []))
+        if rank == 0:
+            print(f"resuming from epoch {start_epoch} (checkpoint {restored.path})", flush=True)
+    frozen_epochs = int(t.get("freeze_backbone_epochs") or 0)
+    set_backbone_frozen(inner, start_epoch < frozen_epochs)
+    model = ray.train.torch.prepare_model(inner)  # DDP registers only parameters that need grads
+
+    metric, mode = monitor_of(t, task)
+    best, since_best = None, 0
+    for h in history:  # a resumed run continues the early-stopping count where it stopped
+        best, since_best = (h[metric], 0) if _improved(h[metric], best, mode) else (best, since_best + 1)
+    patience = int(t.get("early_stopping_patience") or 0)
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
     for epoch in range(start_epoch, t["epochs"]):
-        tr = _all_reduce(train_one_epoch(model, train_shard, optimizer, scheduler, t, device))
-        va = _all_reduce(evaluate(model, val_shard, t["batch_size"] * 2, device))
+        epoch_start = time.perf_counter()
+        if epoch == frozen_epochs and frozen_epochs > start_epoch:
+            set_backbone_frozen(inner, False)
+            model = ray.train.torch.prepare_model(inner)  # re-wrap so DDP syncs the backbone too
+        # Draws depend on (seed, epoch, rank) only, so a resumed run augments as an uninterrupted one.
+        seed_everything(seed * 1_000_003 + epoch * world + rank)
+        model.train()
+        if epoch < frozen_epochs:
+            set_backbone_frozen(inner, True)
+        tr = _all_reduce(train_one_epoch(model, train_shard, optimizer, scheduler, step))
+        va_counts, va_scores, va_targets = evaluate(model, val_shard, step, t["batch_size"] * 2)
+        va = _all_reduce(va_counts)
         metrics = {
             "epoch": epoch,
             "train/loss": tr["loss_sum"] / max(1, tr["seen"]),
-            "train/top1": tr["correct"] / max(1, tr["seen"]),
+            "train/top1" if task == "multiclass" else "train/label_accuracy": tr["correct"] / max(1, tr["seen"]),
             "train/images_per_s": tr["seen"] / max(1e-9, tr["elapsed"] / world),
             "val/loss": va["loss_sum"] / max(1, va["seen"]),
-            "val/top1": va["correct"] / max(1, va["seen"]),
-            "val/images": va["seen"],
+            "val/images": int(va["seen"]),
             "lr": scheduler.get_last_lr()[0],
+            "frozen_backbone": epoch < frozen_epochs,
+            "resumed_from_epoch": start_epoch,  # > 0: this attempt restored a checkpoint
         }
+        thresholds = None
+        if task == "multilabel":
+            scores, targets = _all_gather(va_scores), _all_gather(va_targets)
+            thresholds = choose_thresholds(scores, targets)
+            metrics.update(multilabel_val_metrics(scores, targets, thresholds))
+            metrics["val/label_accuracy"] = va["correct"] / max(1, va["seen"])
+        else:
+            metrics["val/top1"] = va["correct"] / max(1, va["seen"])
+        metrics["seconds"] = round(time.perf_counter() - epoch_start, 2)
+        history.append(metrics)
+        best, since_best = (metrics[metric], 0) if _improved(metrics[metric], best, mode) else (best, since_best + 1)
+        stop = bool(patience) and since_best >= patience
         if rank == 0:
+            shown = ["train/loss", "val/loss", metric] + (["val/hamming_loss"] if task == "multilabel" else [])
             print(
-                f"epoch {epoch + 1}/{t['epochs']}  train/loss {metrics['train/loss']:.4f}  train/top1 {metrics['train/top1']:.4f}  "
-                f"val/loss {metrics['val/loss']:.4f}  val/top1 {metrics['val/top1']:.4f}  images/s {metrics['train/images_per_s']:.0f}",
+                f"epoch {epoch + 1}/{t['epochs']}  " + "  ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown))
+                + f"  images/s {metrics['train/images_per_s']:.0f}" + ("  (backbone frozen)" if metrics["frozen_backbone"] else ""),
                 flush=True,
             )
             with tempfile.TemporaryDirectory() as d:
-                meta = {**config["checkpoint_meta"], "epoch": epoch, "metrics": metrics}
+                meta = {**config["checkpoint_meta"], "epoch": epoch, "metrics": metrics, "history": history}
+                if thresholds is not None:
+                    meta["thresholds"] = thresholds
                 ckpt.save_local(d, model, meta)
-                torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, os.path.join(d, "train_state.pt"))
+                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+                if step.scaler:
+                    state["scaler"] = step.scaler.state_dict()
+                torch.save(state, os.path.join(d, "train_state.pt"))
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=f"epoch_{epoch:04d}")
         else:
             ray.train.report(metrics)
+        if stop:
+            if rank == 0:
+                print(f"early stopping: {metric} has not improved for {patience} epochs (best {best:.4f})", flush=True)
+            break
 
 
-def _epoch_history(result) -> list[dict]:
-    """Per-epoch metrics (epoch, losses, accuracies, images/s) of the checkpoints Ray Train kept
-    (`trainer.checkpoints_to_keep` of them: Ray Train 2.x keeps metrics only with retained checkpoints)."""
-    try:
-        df = result.metrics_dataframe
-    except Exception:  # not every Ray version keeps it
-        return []
-    if df is None:
-        return []
-    keep = [c for c in ("epoch", "train/loss", "train/top1", "train/images_per_s", "val/loss", "val/top1") if c in df.columns]
-    return [{k: (int(v) if k == "epoch" else round(float(v), 4)) for k, v in row.items()} for row in df[keep].to_dict("records")]
+def class_counts(table, classes: list[str], task: str) -> list[int]:
+    """Training images per class (multi-class) or positives per label (multi-label): the support."""
+    import pyarrow.compute as pc
+
+    if task == "multilabel":
+        if "labels" not in table.column_names:
+            raise ValueError("data.task=multilabel needs a 'labels' column (list of class names) in the manifest")
+        flat = pc.list_flatten(table.column("labels"))
+    else:
+        flat = table.column("label")
+    got = {r["values"]: r["counts"] for r in pc.value_counts(flat).to_pylist()}
+    return [int(got.get(c, 0)) for c in classes]
 
 
 def train(cfg: Mapping[str, Any]) -> dict:
     """Train from a resolved config (plain dict). Returns a summary with the exported checkpoint URI."""
-    import ray.data
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t0 = time.perf_counter()
-    init_ray(cfg["ray"])
     storage, data, t = cfg["storage"], cfg["data"], cfg["trainer"]
+    task = data.get("task", "multiclass")
+    check_trainer(t, task)
+    init_ray(cfg["ray"])
     spec = Preprocessing.from_dict(data["preprocessing"])
-    if t["optimizer"] not in OPTIMIZERS:
-        raise ValueError(f"trainer.optimizer={t['optimizer']!r}; choose one of {list(OPTIMIZERS)}")
     classes = list(data["classes"])
+    counts = class_counts(catalog_table(data, storage, split=data["train_split"]), classes, task)
 
-    # [1] Decode once; augmentation below re-runs every epoch.
+    # [1] Decode once; the workers augment every epoch.
     def split(name: str):
         ds = decoded_catalog(data, spec.to_dict(), storage, split=name)
-        return ds.map_batches(to_training, fn_kwargs={"classes": classes}, batch_format="numpy").materialize()
+        return ds.map_batches(to_training, fn_kwargs={"classes": classes, "task": task}, batch_format="numpy").materialize()
 
     train_ds, val_ds = split(data["train_split"]), split(data["val_split"])
     train_rows, val_rows = train_ds.count(), val_ds.count()
     if train_rows == 0 or val_rows == 0:
         raise ValueError(f"empty split: {train_rows} train rows ({data['train_split']!r}), {val_rows} val rows ({data['val_split']!r})")
     log.info("decoded %d train and %d val images in %.1fs", train_rows, val_rows, time.perf_counter() - t0)
-    # [2] Augmentation as Ray Data CPU tasks, streamed into the workers each epoch.
-    aug = t.get("augment") or {}
-    train_aug = train_ds.randomize_block_order().map_batches(augment, fn_kwargs={"pad": int(aug.get("pad", 0)), "hflip": bool(aug.get("hflip", False))}, batch_format="numpy")
 
     run_name = t.get("run_name") or f"{cfg['model']['name']}-{new_run_id()}"
     storage_path = st.absolute(t["storage_path"])
     arrow_fs, storage_root = st.arrow_filesystem(storage_path, storage)
+    metric, mode = monitor_of(t, task)
     meta = {
         "model": dict(cfg["model"]),
         "classes": classes,
         "preprocessing": spec.to_dict(),
-        "task": "multiclass",
+        "task": task,
         "embedding_dim": build_model(cfg["model"], len(classes), spec.to_dict()).num_features,
-        "data": {"manifest": data.get("manifest"), "train_rows": train_rows, "val_rows": val_rows},
+        "data": {"manifest": data.get("manifest"), "train_rows": train_rows, "val_rows": val_rows, "train_support": dict(zip(classes, counts))},
         "trainer": st.redact(dict(t)),
+        "monitor": metric,
     }
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "trainer": dict(t),
+            "task": task,
             "model": dict(cfg["model"]),
             "classes": classes,
+            "class_counts": counts,
             "preprocessing": spec.to_dict(),
             "train_rows": train_rows,
             "checkpoint_meta": meta,
@@ -228,34 +450,46 @@ def train(cfg: Mapping[str, Any]) -> dict:
             use_gpu=bool(t["use_gpu"]),
             resources_per_worker={"CPU": float(t["cpus_per_worker"]), **({"GPU": 1} if t["use_gpu"] else {})},
         ),
-        datasets={"train": train_aug, "val": val_ds},
+        # [2] Block order is randomised each epoch; the workers' local shuffle buffer mixes further.
+        datasets={"train": train_ds.randomize_block_order(), "val": val_ds},
         run_config=RunConfig(
             name=run_name,
             storage_path=storage_root,
             storage_filesystem=arrow_fs,
-            checkpoint_config=CheckpointConfig(num_to_keep=int(t["checkpoints_to_keep"]), checkpoint_score_attribute="val/top1", checkpoint_score_order="max"),
+            checkpoint_config=CheckpointConfig(num_to_keep=int(t["checkpoints_to_keep"]), checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=FailureConfig(max_failures=int(t["max_failures"])),
         ),
     )
     result = trainer.fit()
-    best = result.get_best_checkpoint(metric="val/top1", mode="max") or result.checkpoint
+    best = result.get_best_checkpoint(metric=metric, mode=mode) or result.checkpoint
     if best is None:
         raise RuntimeError("training finished without a checkpoint")
-    best_uri = f"{storage_path.split('://', 1)[0]}://{best.path}" if arrow_fs is not None else best.path
+
+    def uri(c) -> str:
+        return f"{storage_path.split('://', 1)[0]}://{c.path}" if arrow_fs is not None else c.path
+
     export_uri = st.absolute(cfg["paths"]["model"])
-    ckpt.copy(best_uri, export_uri, storage)
+    ckpt.copy(uri(best), export_uri, storage)
+    # The exported checkpoint carries the whole run's history (the best epoch may not be the last).
     meta_out = ckpt.read_meta(export_uri, storage)
+    last = result.checkpoint or best
+    meta_out["history"] = ckpt.read_meta(uri(last), storage).get("history", meta_out.get("history", []))
+    st.write_bytes(st.join(export_uri, ckpt.META), json.dumps(meta_out, indent=2, sort_keys=True).encode(), storage)
     summary = {
         "checkpoint": export_uri,
         "model_id": ckpt.model_id_of(meta_out),
+        "task": task,
         "best_epoch": meta_out["epoch"] + 1,
-        "val/top1": meta_out["metrics"]["val/top1"],
+        "epochs_run": len(meta_out["history"]),
+        metric: meta_out["metrics"][metric],
         "train_rows": train_rows,
         "val_rows": val_rows,
         "seconds": round(time.perf_counter() - t0, 1),
         "ray_checkpoints": st.join(storage_path, run_name),
-        "retained_epochs": _epoch_history(result),  # metrics of the checkpoints Ray Train kept
+        "history": meta_out["history"],
     }
-    print("train summary: " + json.dumps({k: v for k, v in summary.items() if k != "retained_epochs"}), flush=True)
+    if task == "multilabel":
+        summary["thresholds"] = [round(x, 4) for x in meta_out["thresholds"]]
+        summary["val/hamming_loss"] = meta_out["metrics"]["val/hamming_loss"]
+    print("train summary: " + json.dumps({k: v for k, v in summary.items() if k != "history"}), flush=True)
     return summary
-
