@@ -1,0 +1,101 @@
+"""Fault-tolerant training on a real local Ray: a Train worker SIGKILLed mid-run, and a training
+job killed and submitted again under the same run name. Both must resume from the latest
+checkpoint, not start over, and end with one history entry per epoch."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from catalog_vision import checkpoint as ckpt
+from conftest import REPO
+from raycluster import wait_for
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 4
+
+
+def overrides(local_catalog, tmp_path, run_name):
+    return [
+        "experiment=smoke",
+        f"data.manifest={local_catalog['cfg']['data']['manifest']}",
+        f"paths.output={tmp_path}",
+        f"trainer.epochs={EPOCHS}",
+        f"trainer.run_name={run_name}",
+        f"trainer.checkpoints_to_keep={EPOCHS}",
+        "trainer.max_failures=2",
+    ]
+
+
+def start_driver(ray_local, args):
+    # The driver connects to the running local cluster, as a `ray job submit` driver would.
+    return subprocess.Popen(
+        [sys.executable, "jobs/train.py", *args, f"ray.address={ray_local.get_runtime_context().gcs_address}"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def checkpoints(tmp_path, run_name) -> list[str]:
+    return sorted(p.name for p in (Path(tmp_path) / "train" / run_name).glob("epoch_*") if (p / ckpt.META).exists())
+
+
+def check_history(history):
+    assert [h["epoch"] for h in history] == list(range(EPOCHS)), [h["epoch"] for h in history]
+
+
+def test_worker_killed_mid_run_restores_from_latest_checkpoint(ray_local, local_catalog, tmp_path):
+    import psutil
+    from ray.util.state import list_actors
+
+    driver = start_driver(ray_local, overrides(local_catalog, tmp_path, "worker-kill"))
+
+    def workers():
+        return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if "TrainWorker" in (a.class_name or "") and a.pid]
+
+    # Two checkpoints on storage: the first is registered (every worker has reported epoch 0).
+    assert wait_for(lambda: driver.poll() is not None or len(checkpoints(tmp_path, "worker-kill")) >= 2, timeout=300)
+    pids = workers()
+    assert driver.poll() is None and pids, "training ended before a worker could be killed:\n" + driver.stdout.read()[-3000:]
+    at_kill = checkpoints(tmp_path, "worker-kill")
+    psutil.Process(pids[-1]).kill()  # SIGKILL, like an OOM kill or a preempted node
+    log = driver.communicate(timeout=600)[0]
+    (tmp_path / "driver.log").write_text(log)
+    assert driver.returncode == 0, log[-4000:]
+    print(f"killed Train worker pid {pids[-1]} with checkpoints {at_kill} on storage")
+    meta = ckpt.read_meta(str(tmp_path / "model"))
+    check_history(meta["history"])
+    resumed = sorted({h["resumed_from_epoch"] for h in meta["history"]})
+    print("resumed_from_epoch per epoch:", [h["resumed_from_epoch"] for h in meta["history"]])
+    # The restarted workers picked up the latest checkpoint (at least the one seen at the kill).
+    assert resumed[-1] >= len(at_kill) - 1 >= 1, resumed
+    assert "resuming from epoch" in log
+
+
+def test_job_killed_and_resubmitted_with_the_same_name_resumes(ray_local, local_catalog, tmp_path):
+    args = overrides(local_catalog, tmp_path, "resubmit")
+    first = start_driver(ray_local, args)
+    assert wait_for(lambda: first.poll() is not None or len(checkpoints(tmp_path, "resubmit")) >= 2, timeout=300)
+    assert first.poll() is None, "training ended before it could be killed:\n" + first.stdout.read()[-3000:]
+    first.send_signal(signal.SIGKILL)  # the driver dies: Ray tears down its Train controller and workers
+    first.wait(timeout=60)
+    at_kill = checkpoints(tmp_path, "resubmit")
+    early = json.loads((tmp_path / "train" / "resubmit" / at_kill[0] / ckpt.META).read_text())["metrics"]
+    assert len(at_kill) < EPOCHS, at_kill
+
+    second = start_driver(ray_local, args)
+    log = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, log[-4000:]
+    print(f"driver killed with checkpoints {at_kill}; resubmitted run: " + next(line for line in log.splitlines() if "resuming from epoch" in line))
+    history = ckpt.read_meta(str(tmp_path / "model"))["history"]
+    check_history(history)
+    # The epochs done before the kill were not trained again: their metrics are the first run's.
+    assert history[0] == early
+    first_new = min(h["epoch"] for h in history if h["resumed_from_epoch"] > 0)
+    # It restarts at the latest checkpoint every worker had reported (the last one on storage may not be).
+    assert first_new >= max(1, len(at_kill) - 1), (first_new, at_kill)
+    assert sorted(checkpoints(tmp_path, "resubmit")) == [f"epoch_{e:04d}" for e in range(EPOCHS)]
