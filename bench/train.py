@@ -3,13 +3,14 @@
     python bench/train.py                          # 20,000 training images, 3 epochs each
     python bench/train.py --images 55000 --epochs 4 trainer.threads_per_worker=2   # + Hydra overrides for (a)
 
-Same model (small CNN), same global batch (2 workers x 128 = 256), same augmentation (random
-pad-and-crop + horizontal flip, ``catalog_vision.data.augment``), same optimizer and schedule:
+Same model, same global batch (2 workers x 128 = 256), same recipe (``trainer`` config: the
+per-image ``transforms.v2`` augmentation, autocast precision, loss, optimizer and schedule):
 
-* (a) ``catalog-vision`` — ``catalog_vision.train`` (Ray Data decodes the catalog once and augments
-  each epoch in CPU tasks; Ray Train ``TorchTrainer``, DDP over gloo, 2 CPU workers);
+* (a) ``catalog-vision`` — ``catalog_vision.train`` (Ray Data decodes the catalog once and streams
+  it to the workers each epoch; Ray Train ``TorchTrainer``, DDP over gloo, 2 CPU workers, each
+  augmenting its own batches);
 * (b) ``plain PyTorch`` — one process, the decoded images as an in-memory uint8 tensor, torch using
-  every core, the augmentation on each batch in the same process.
+  every core, the same augmentation on each batch in the same process.
 
 images/s is the steady-state rate: epochs 2.. (epoch 1 includes start-up), training steps only
 (validation excluded) in both. The end-to-end column divides all training images by the whole call.
@@ -26,36 +27,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 
 def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batch: int) -> list[float]:
-    """The loop a user would write: in-memory tensors, the same model/recipe, one process."""
-    from catalog_vision.data import augment
+    """The loop a user would write: in-memory tensors, one process, the same model and recipe
+    (``catalog_vision.train.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
+    and schedule)."""
     from catalog_vision.models import build_model
-    from catalog_vision.train import _lr_lambda, _make_optimizer
+    from catalog_vision.train import Step, make_optimizer, make_scheduler, seed_everything
 
     t = cfg["trainer"]
-    torch.manual_seed(0)
-    model = build_model(cfg["model"], len(cfg["data"]["classes"]), cfg["data"]["preprocessing"]).to(memory_format=torch.channels_last)
-    opt = _make_optimizer(model.parameters(), t)
+    classes = cfg["data"]["classes"]
+    seed_everything(0)
+    counts = np.bincount(y, minlength=len(classes)).tolist()
+    step = Step(t, "multiclass", len(classes), cfg["data"]["preprocessing"]["image_size"], counts, len(y), torch.device("cpu"))
+    model = build_model(cfg["model"], len(classes), cfg["data"]["preprocessing"]).to(memory_format=torch.channels_last)
+    opt = make_optimizer(model.parameters(), t)
     steps = len(x) // global_batch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps * epochs, int(t["warmup_epochs"] * steps)))
+    sched = make_scheduler(opt, t, steps)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     rates = []
-    rng = np.random.default_rng(0)
     for _ in range(epochs):
         model.train()
-        order = rng.permutation(len(x))
+        order = torch.randperm(len(x))
         start = time.perf_counter()
         for s in range(steps):
             idx = order[s * global_batch : (s + 1) * global_batch]
-            b = augment({"pixels": x[idx], "y": y[idx]}, **t["augment"])
-            xb = torch.from_numpy(b["pixels"]).contiguous(memory_format=torch.channels_last)
-            yb = torch.from_numpy(b["y"])
-            loss = F.cross_entropy(model(xb), yb, label_smoothing=t.get("label_smoothing", 0.0))
+            xb, target, _ = step.prepare({"pixels": xt[idx], "y": yt[idx]})
+            with step.autocast():
+                logits = model(xb)
+            loss = step.loss(logits, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -88,8 +92,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cvbench-train-") as d:
         cfg = make_cfg(
             f"paths.root={d}", f"data.limit.train={args.images}", "data.limit.val=1000", "data.limit.test=1",
-            # Ray Train keeps per-epoch metrics only with retained checkpoints: keep them all.
-            f"trainer.epochs={args.epochs}", f"trainer.checkpoints_to_keep={args.epochs}", *args.overrides,
+            f"trainer.epochs={args.epochs}", *args.overrides,
         )
         make_catalog(cfg)
         t = cfg["trainer"]
@@ -98,7 +101,7 @@ def main() -> None:
         start = time.perf_counter()
         summary = train(cfg)
         a_total = time.perf_counter() - start
-        a_rates = [e["train/images_per_s"] for e in sorted(summary["retained_epochs"], key=lambda e: e["epoch"])]
+        a_rates = [e["train/images_per_s"] for e in sorted(summary["history"], key=lambda e: e["epoch"])]
         ray.shutdown()
 
         # (b): the same training images, decoded once into memory (not timed).

@@ -167,7 +167,10 @@ class Step:
 def train_one_epoch(model, shard, optimizer, scheduler, step: Step) -> dict[str, float]:
     t = step.t
     loss_sum, hits, seen, pending = 0.0, 0.0, 0, 0
-    start = time.perf_counter()
+    # Where the epoch's time goes: waiting for Ray Data, augmenting, forward+backward (DDP's
+    # all-reduce overlaps the backward pass), the optimizer step.
+    clock = dict.fromkeys(("data", "augment", "compute", "optimizer"), 0.0)
+    start = tick = time.perf_counter()
     y_dtype = torch.float32 if step.task == "multilabel" else torch.int64
     batches = shard.iter_torch_batches(
         batch_size=t["batch_size"],
@@ -177,7 +180,9 @@ def train_one_epoch(model, shard, optimizer, scheduler, step: Step) -> dict[str,
         drop_last=True,
     )
     for i, batch in enumerate(batches):
+        tick = _lap(clock, "data", tick)
         x, target, y = step.prepare(batch)
+        tick = _lap(clock, "augment", tick)
         sync = (i + 1) % step.accumulate == 0
         with contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync():
             with step.autocast():
@@ -186,6 +191,7 @@ def train_one_epoch(model, shard, optimizer, scheduler, step: Step) -> dict[str,
             scaled = loss / step.accumulate
             (step.scaler.scale(scaled) if step.scaler else scaled).backward()
         pending += 1
+        tick = _lap(clock, "compute", tick)
         if sync:
             if step.scaler:
                 step.scaler.step(optimizer)
@@ -198,9 +204,16 @@ def train_one_epoch(model, shard, optimizer, scheduler, step: Step) -> dict[str,
         loss_sum += loss.item() * len(y)
         hits += step.hits(logits.detach(), y)
         seen += len(y)
+        tick = _lap(clock, "optimizer", tick)
     if pending:  # fewer than accumulate_steps batches left at the end of the epoch: dropped
         optimizer.zero_grad(set_to_none=True)
-    return {"loss_sum": loss_sum, "correct": hits, "seen": seen, "elapsed": time.perf_counter() - start}
+    return {"loss_sum": loss_sum, "correct": hits, "seen": seen, "elapsed": time.perf_counter() - start, **{f"time/{k}": v for k, v in clock.items()}}
+
+
+def _lap(clock: dict[str, float], key: str, since: float) -> float:
+    now = time.perf_counter()
+    clock[key] += now - since
+    return now
 
 
 @torch.no_grad()
@@ -340,6 +353,8 @@ def train_loop_per_worker(config: dict) -> None:
             "val/loss": va["loss_sum"] / max(1, va["seen"]),
             "val/images": int(va["seen"]),
             "lr": scheduler.get_last_lr()[0],
+            # seconds per worker (mean over workers) spent on each part of the training steps
+            **{k: round(tr[k] / world, 2) for k in ("time/data", "time/augment", "time/compute", "time/optimizer")},
             "frozen_backbone": epoch < frozen_epochs,
             "resumed_from_epoch": start_epoch,  # > 0: this attempt restored a checkpoint
         }
