@@ -49,23 +49,36 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batc
     steps = len(x) // global_batch
     sched = make_scheduler(opt, t, steps)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    rates = []
+    rates, clocks = [], []
     for _ in range(epochs):
         model.train()
         order = torch.randperm(len(x))
-        start = time.perf_counter()
+        clock = dict.fromkeys(("data", "augment", "compute", "optimizer"), 0.0)
+        start = tick = time.perf_counter()
         for s in range(steps):
             idx = order[s * global_batch : (s + 1) * global_batch]
-            xb, target, _ = step.prepare({"pixels": xt[idx], "y": yt[idx]})
+            batch = {"pixels": xt[idx], "y": yt[idx]}
+            tick = _lap(clock, "data", tick)
+            xb, target, _ = step.prepare(batch)
+            tick = _lap(clock, "augment", tick)
             with step.autocast():
                 logits = model(xb)
             loss = step.loss(logits, target)
-            opt.zero_grad(set_to_none=True)
             loss.backward()
+            tick = _lap(clock, "compute", tick)
             opt.step()
+            opt.zero_grad(set_to_none=True)
             sched.step()
+            loss.item()
+            tick = _lap(clock, "optimizer", tick)
         rates.append(steps * global_batch / (time.perf_counter() - start))
-    return rates
+        clocks.append(clock)
+    return rates, clocks
+
+
+def breakdown(clock: dict, images: int) -> str:
+    """Microseconds per training image spent on each part of the step."""
+    return "  ".join(f"{k} {clock[k] / images * 1e6:6.0f}" for k in ("data", "augment", "compute", "optimizer"))
 
 
 def main() -> None:
@@ -116,7 +129,7 @@ def main() -> None:
         index = {c: i for i, c in enumerate(cfg["data"]["classes"])}
         y = np.array([index[c] for c in manifest.column("label").to_pylist()], dtype=np.int64)
         start = time.perf_counter()
-        b_rates = plain_loop(x, y, cfg, args.epochs, global_batch)
+        b_rates, b_clocks = plain_loop(x, y, cfg, args.epochs, global_batch)
         b_total = time.perf_counter() - start
 
     a, b = float(np.mean(a_rates[1:])), float(np.mean(b_rates[1:]))
@@ -124,8 +137,24 @@ def main() -> None:
     print(f"{'(a) catalog-vision, 2 Train workers':<34} {len(x):>7} {args.epochs:>6} {a:>9.0f} {a / b:>6.2f}x {len(x) * args.epochs / a_total:>9.0f}/s")
     print(f"{'(b) plain PyTorch, 1 process':<34} {len(x):>7} {args.epochs:>6} {b:>9.0f} {1.0:>6.2f}x {len(x) * args.epochs / b_total:>9.0f}/s")
     print(f"\nper epoch (a): {[round(r) for r in a_rates]}  (b): {[round(r) for r in b_rates]}")
+    # Where the time goes, steady-state epochs, in microseconds of wall time per training image
+    # (for (a): per worker, each worker handling half of the images).
+    hist = sorted(summary["history"], key=lambda e: e["epoch"])[1:]
+    a_clock = {k: sum(e[f"time/{k}"] for e in hist) for k in ("data", "augment", "compute", "optimizer")}
+    b_clock = {k: sum(c[k] for c in b_clocks[1:]) for k in a_clock}
+    n_a = len(x) * len(hist) / int(t["num_workers"])
+    n_b = (len(x) // global_batch) * global_batch * (args.epochs - 1)
+    print("us per image per process:")
+    print(f"  (a) one worker: {breakdown(a_clock, n_a)}   (compute includes DDP's all-reduce)")
+    print(f"  (b) the process: {breakdown(b_clock, n_b)}")
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads for (b)); "
           f"(a): {t['num_workers']} workers x {t.get('threads_per_worker')} threads, batch {t['batch_size']}/worker; Ray {ray.__version__}")
+
+
+def _lap(clock: dict, key: str, since: float) -> float:
+    now = time.perf_counter()
+    clock[key] += now - since
+    return now
 
 
 if __name__ == "__main__":
