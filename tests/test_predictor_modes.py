@@ -150,3 +150,18 @@ def test_stale_temp_files_are_removed(ray_local, local_catalog, random_checkpoin
     os.utime(stale, (time.time() - 7200, time.time() - 7200))
     out = backfill(make_cfg("experiment=smoke", f"data.manifest={local_catalog['cfg']['data']['manifest']}", f"predictor.checkpoint={random_checkpoint}", f"paths.output={tmp_path}"))
     assert out["stale_temp_files_removed"] == 1 and not stale.exists() and fresh.exists()
+
+
+def test_hflip_tta_averages_the_image_and_its_mirror(random_checkpoint):
+    from catalog_vision.infer import Predictor
+
+    x = np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
+    plain = Predictor(random_checkpoint, dtype="float32")
+    tta = Predictor(random_checkpoint, dtype="float32", tta="hflip")
+    p, f = plain.predict_pixels(x)
+    pm, fm = plain.predict_pixels(np.ascontiguousarray(x[..., ::-1]))
+    pt, _ = tta.predict_pixels(x)
+    np.testing.assert_allclose(pt, (p + pm) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(p, pm)  # the mirror image really is a different input
+    with pytest.raises(ValueError, match="predictor.tta"):
+        Predictor(random_checkpoint, tta="rotate")

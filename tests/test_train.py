@@ -17,7 +17,8 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
         f"paths.root={root}",
         f"paths.output={tmp_path}/out",
         "trainer.epochs=2",
-        "trainer.checkpoints_to_keep=1",
+        "trainer.checkpoints_to_keep=2",
+        "trainer.freeze_backbone_epochs=1",
     )
     summary = train(cfg)
     assert summary["train_rows"] == 512 and summary["val_rows"] == 128
@@ -28,9 +29,24 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
     assert loaded.meta["metrics"]["val/top1"] == summary["val/top1"]
     assert loaded.meta["preprocessing"] == cfg["data"]["preprocessing"]
     assert loaded.meta["classes"] == cfg["data"]["classes"]
-    # Ray Train persisted per-epoch checkpoints under trainer.storage_path, keeping only 1.
+    # Ray Train persisted per-epoch checkpoints under trainer.storage_path.
     run_dir = tmp_path / "out" / "train" / summary["ray_checkpoints"].rsplit("/", 1)[1]
-    assert len(list(run_dir.glob("epoch_*"))) == 1
+    assert sorted(p.name for p in run_dir.glob("epoch_*")) == ["epoch_0000", "epoch_0001"]
+    assert [h["frozen_backbone"] for h in loaded.meta["history"]] == [True, False]
+    # Epoch 1 trained only the head: the backbone (weights and BatchNorm statistics) is the seeded
+    # initialisation. Epoch 2 unfroze it (DDP re-wrapped) and trained everything.
+    import torch
+
+    from catalog_vision.models import build_model
+    from catalog_vision.train import seed_everything
+
+    seed_everything(cfg["trainer"]["seed"])
+    init = build_model(cfg["model"], 10, cfg["data"]["preprocessing"]).state_dict()
+    e0, e1 = (ckpt.load(str(run_dir / f"epoch_000{i}")).model.state_dict() for i in (0, 1))
+    backbone = [k for k in init if k.startswith("backbone.")]
+    assert all(torch.equal(e0[k], init[k]) for k in backbone)
+    assert not torch.equal(e0["head.weight"], init["head.weight"])
+    assert not any(torch.equal(e1[k], e0[k]) for k in backbone if k.endswith("weight"))
 
     bf = backfill({**cfg, "predictor": {**cfg["predictor"], "checkpoint": summary["checkpoint"]}})
     assert bf["counts"]["inputs"] == bf["counts"]["predicted"] == 128
@@ -41,9 +57,12 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
 
 def test_train_reads_catalog_and_writes_checkpoints_on_s3(ray_local, s3_endpoint, fmnist):
     root = f"s3://{BUCKET}/train-s3"
-    cfg = make_cfg("experiment=smoke", "storage=s3", f"paths.root={root}", f"data.source={fmnist}", "data.limit.train=256", "data.limit.val=64", "data.limit.test=0")
+    # The rest of the recipe rides along: mixup+cutmix, class weights, accumulation, one-cycle.
+    recipe = ["trainer.augment.mixup_alpha=0.2", "trainer.augment.cutmix_alpha=1.0", "trainer.imbalance=class_weights", "trainer.accumulate_steps=2", "trainer.schedule=onecycle", "trainer.epochs=2"]
+    cfg = make_cfg("experiment=smoke", "storage=s3", f"paths.root={root}", f"data.source={fmnist}", "data.limit.train=256", "data.limit.val=64", "data.limit.test=0", *recipe)
     make_catalog(cfg)
     summary = train(cfg)
+    assert [h["epoch"] for h in summary["history"]] == [0, 1] and all(h["train/loss"] > 0 for h in summary["history"])
     assert summary["checkpoint"] == f"{root}/output/model"
     loaded = ckpt.load(summary["checkpoint"], cfg["storage"])
     assert loaded.model_id == summary["model_id"]

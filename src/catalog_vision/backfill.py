@@ -96,6 +96,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
                 "pin_memory": bool(p.get("pin_memory")),
                 "fetch_decode": in_actors,
                 "defer_jpeg": bool(p["jpeg_decode_on_device"]),
+                "tta": p.get("tta") or "none",
             },
             compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"])),
             batch_size=int(p["batch_size"]),

@@ -472,7 +472,7 @@ def _from_checkpoint(cfg: Mapping[str, Any], e: Mapping[str, Any], checkpoint: s
 
     storage = cfg["storage"]
     init_ray(cfg["ray"])
-    predictor = Predictor(checkpoint, storage, device=e.get("device") or "auto", dtype=e.get("dtype") or "auto", topk=1, channels_last=True)
+    predictor = Predictor(checkpoint, storage, device=e.get("device") or "auto", dtype=e.get("dtype") or "auto", topk=1, channels_last=True, tta=e.get("tta") or "none")
     ds = decoded_catalog(cfg["data"], predictor.loaded.preprocessing, storage, split=split)
     rows, prob_parts, errors, unlabeled = [], [], [], 0
     for batch in ds.iter_batches(batch_format="numpy", batch_size=int(e.get("batch_size") or 512)):
@@ -793,6 +793,8 @@ def model_card(metrics: Mapping[str, Any], meta: Mapping[str, Any] | None, figur
         lines.append("- Unknown: no checkpoint was given, so neither the training data nor the recipe is on record here.")
     elif data:
         lines.append(f"- **Manifest:** `{data.get('manifest')}`; {data.get('train_rows', 'n/a')} training rows, {data.get('val_rows', 'n/a')} validation rows")
+        if data.get("train_support"):
+            lines.append("- **Training support** (images per class" + (", positives per label" if meta.get("task") == "multilabel" else "") + "): " + ", ".join(f"`{c}` {n}" for c, n in data["train_support"].items()))
     else:
         lines.append("- The checkpoint does not record its training data (no `data` in `model.json`).")
     t = meta.get("trainer") or {}
@@ -802,7 +804,8 @@ def model_card(metrics: Mapping[str, Any], meta: Mapping[str, Any] | None, figur
         lines += [
             f"- **Recipe:** {t.get('epochs')} epochs, batch size {t.get('batch_size')} per worker"
             + (f" × {workers} workers = {int(t['batch_size']) * int(workers)} global" if workers and t.get("batch_size") else "")
-            + f", optimizer {t.get('optimizer')}, lr {t.get('lr')}, weight decay {t.get('weight_decay')}, warmup {t.get('warmup_epochs')} epochs then cosine, label smoothing {t.get('label_smoothing')}",
+            + f", optimizer {t.get('optimizer')}, lr {t.get('lr')}, weight decay {t.get('weight_decay')}, warmup {t.get('warmup_epochs')} epochs then {t.get('schedule', 'cosine')}, label smoothing {t.get('label_smoothing')}"
+            + f", precision {t.get('precision', 'float32')}, imbalance {t.get('imbalance', 'none')}, seed {t.get('seed')}",
             "- **Augmentation:** " + (", ".join(f"{k}={v}" for k, v in aug.items()) if aug else "none"),
         ]
     elif meta:
@@ -817,7 +820,7 @@ def model_card(metrics: Mapping[str, Any], meta: Mapping[str, Any] | None, figur
     where = f"backfill predictions `{metrics['predictions']}`" if metrics["source"] == "predictions" else "the checkpoint run on the decoded images"
     lines += [
         f"- **Split:** `{metrics['split']}` of `{metrics['ground_truth']}`; source: {where}",
-        f"- **Images:** {counts['labeled']} labeled, **{counts['evaluated']} evaluated**, {counts['errors']} error rows, not evaluated"
+        f"- **Images:** {counts['labeled']} labeled, **{counts['evaluated']} evaluated**, {counts['errors']} error rows (not evaluated)"
         + (f" (images that could not be read or decoded: {', '.join(f'{k} {v}' for k, v in counts['errors_by_class'].items())}; listed in `errors.parquet`)" if counts["errors"] else "")
         + (f", {counts['missing']} without a prediction" if counts["missing"] else ""),
         "",

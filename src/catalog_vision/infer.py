@@ -23,6 +23,7 @@ log = logging.getLogger("catalog_vision")
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
+TTA = ("none", "hflip")
 
 
 def predictions_schema(embedding_dim: int) -> pa.Schema:
@@ -91,7 +92,11 @@ class Predictor:
         pin_memory: bool = False,
         fetch_decode: bool = False,
         defer_jpeg: bool = False,
+        tta: str = "none",
     ):
+        if tta not in TTA:
+            raise ValueError(f"predictor.tta={tta!r}; choose one of {list(TTA)}")
+        self.tta = tta
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = resolve_device(device)
@@ -135,14 +140,20 @@ class Predictor:
     def predict_pixels(self, pixels: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """``uint8 (N,C,H,W)`` → (probabilities ``(N, K)``, L2-normalised embeddings ``(N, D)``).
 
-        Probabilities are softmax over classes, or per-label sigmoids for multi-label models."""
+        Probabilities are softmax over classes, or per-label sigmoids for multi-label models. With
+        ``tta="hflip"`` the image and its mirror image both go through the model (2x the compute):
+        probabilities and features are the mean of the two."""
         x = self._to_device(pixels)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with self._autocast():
-            feats = self.model.forward_features(x)
-            logits = self.model.forward_head(feats)
-        probs = torch.sigmoid(logits.float()) if self.task == "multilabel" else torch.softmax(logits.float(), dim=1)
+        views = [x, x.flip(-1)] if self.tta == "hflip" else [x]
+        probs, feats = 0.0, 0.0
+        for v in views:
+            with self._autocast():
+                f = self.model.forward_features(v)
+                logits = self.model.forward_head(f).float()
+            probs = probs + (torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=1)) / len(views)
+            feats = feats + f.float() / len(views)
         emb = torch.nn.functional.normalize(feats.float(), dim=1)
         return probs.cpu().numpy(), emb.cpu().numpy()
 
