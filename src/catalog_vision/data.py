@@ -206,8 +206,10 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
         "pixels": pixels,
         "error": errors,
     }
-    if "labels" in batch:  # multi-label catalogs
-        out["labels"] = np.asarray(batch["labels"], dtype=object)
+    if "labels" in batch:  # multi-label catalogs; plain lists of str so Arrow stores list<string>
+        lists = [None if v is None else [str(c) for c in v] for v in batch["labels"]]
+        out["labels"] = np.empty(n, dtype=object)
+        out["labels"][:] = lists
     if defer_jpeg:
         out["encoded"] = encoded
     return out
