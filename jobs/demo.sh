@@ -2,7 +2,7 @@
 # The whole chain on this machine: Fashion-MNIST catalog -> Ray Train -> backfill of the 10,000
 # test images -> DuckDB query summary. Extra arguments are Hydra overrides, e.g.
 #   bash jobs/demo.sh trainer.epochs=3
-#   bash jobs/demo.sh experiment=fashion_mnist_94     # the 94% recipe (~25 minutes on 2 cores)
+#   bash jobs/demo.sh experiment=fashion_mnist_94     # the 94% recipe (~27 minutes on 2 cores)
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"
 export CATALOG_VISION_ROOT="${CATALOG_VISION_ROOT:-$REPO/data}"
 # experiment=fashion_mnist unless the arguments name another (e.g. experiment=fashion_mnist_94).
