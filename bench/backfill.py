@@ -197,7 +197,7 @@ def main() -> None:
 
     import ray
 
-    from catalog_vision import backfill
+    from catalog_vision.backfill import backfill
     from catalog_vision.backfill import cpu_dtype
     from catalog_vision.runtime import setup_logging
 

@@ -37,7 +37,7 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batc
     (``catalog_vision.train.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
     and schedule)."""
     from catalog_vision.models import build_model
-    from catalog_vision.train import Step, make_optimizer, make_scheduler, seed_everything
+    from catalog_vision.train import Step, _lap, make_optimizer, make_scheduler, seed_everything
 
     t = cfg["trainer"]
     classes = cfg["data"]["classes"]
@@ -95,7 +95,8 @@ def main() -> None:
     import ray
 
     from backfill import make_cfg  # bench/backfill.py
-    from catalog_vision import make_catalog, train
+    from catalog_vision import make_catalog
+    from catalog_vision.train import train
     from catalog_vision.images import Preprocessing, decode
     from catalog_vision.runtime import setup_logging
 
@@ -149,12 +150,6 @@ def main() -> None:
     print(f"  (b) the process: {breakdown(b_clock, n_b)}")
     print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads for (b)); "
           f"(a): {t['num_workers']} workers x {t.get('threads_per_worker')} threads, batch {t['batch_size']}/worker; Ray {ray.__version__}")
-
-
-def _lap(clock: dict, key: str, since: float) -> float:
-    now = time.perf_counter()
-    clock[key] += now - since
-    return now
 
 
 if __name__ == "__main__":

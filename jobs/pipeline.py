@@ -3,21 +3,17 @@
     python jobs/pipeline.py [overrides...]      e.g. storage=s3 paths.root=s3://bucket/cv
 """
 
-import shlex
-
 import hydra
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from catalog_vision.pipeline import run_pipeline
-from catalog_vision.runtime import setup_logging
+from catalog_vision.runtime import job_command, setup_logging
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     setup_logging()
-    command = shlex.join(["python", "jobs/pipeline.py", *HydraConfig.get().overrides.task])
-    run_pipeline(OmegaConf.to_container(cfg, resolve=True), command=command)
+    run_pipeline(OmegaConf.to_container(cfg, resolve=True), command=job_command("jobs/pipeline.py"))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog_vision import backfill, make_catalog
+from catalog_vision import make_catalog
+from catalog_vision.backfill import backfill
 from catalog_vision import storage as st
 from catalog_vision.data import list_images
 from catalog_vision.images import Preprocessing, decode

@@ -307,7 +307,7 @@ def test_checkpoint_report(hostile, checkpoint_report):
 def test_report_from_a_backfill_matches_duckdb_and_the_checkpoint(hostile, checkpoint_report, s3_endpoint):
     """Backfill (float32) → report from its Parquet, written to S3: DuckDB's accuracy, and the
     checkpoint report's confusion matrix, exactly; ROC-AUC flagged approximate (top-5 of 10)."""
-    from catalog_vision import backfill
+    from catalog_vision.backfill import backfill
     from catalog_vision.query import summarize
 
     _, from_ckpt = checkpoint_report

@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from catalog_vision import backfill, checkpoint as ckpt, make_catalog, train
+from catalog_vision import checkpoint as ckpt, make_catalog
+from catalog_vision.backfill import backfill
+from catalog_vision.train import train
 from catalog_vision.data import decoded_catalog
 from catalog_vision.evaluate import evaluate
 from catalog_vision.infer import Predictor

@@ -3,7 +3,7 @@
 import nbclient
 import nbformat
 
-from catalog_vision import backfill
+from catalog_vision.backfill import backfill
 from conftest import REPO, make_cfg
 
 NOTEBOOK = REPO / "notebooks" / "01-query-predictions.ipynb"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from catalog_vision import backfill
+from catalog_vision.backfill import backfill
 from catalog_vision.backfill import check_predictor, effective_predictor
 from catalog_vision.data import fetch_and_decode
 from catalog_vision.infer import Predictor, cpu_has_native_bf16, resolve_dtype

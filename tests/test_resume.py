@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from catalog_vision import backfill
+from catalog_vision.backfill import backfill
 from catalog_vision.checkpoint import load
 from catalog_vision.sink import committed_files
 from conftest import REPO, make_cfg

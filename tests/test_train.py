@@ -3,7 +3,9 @@
 import boto3
 import pytest
 
-from catalog_vision import backfill, checkpoint as ckpt, make_catalog, train
+from catalog_vision import checkpoint as ckpt, make_catalog
+from catalog_vision.backfill import backfill
+from catalog_vision.train import train
 from catalog_vision.query import summarize
 from conftest import BUCKET, make_cfg
 

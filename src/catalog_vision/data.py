@@ -239,9 +239,11 @@ def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any]
     )
 
 
-def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None):
-    """[1] read the catalog, [2] fetch and decode on CPU tasks."""
-    ds = to_dataset(catalog_table(data, storage, split=split), rows_per_block(data, preprocessing))
+def decoded_catalog(data: Mapping[str, Any], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None, table: pa.Table | None = None):
+    """[1] read the catalog (or take the ``table`` the caller already read), [2] fetch and decode on CPU tasks."""
+    if table is None:
+        table = catalog_table(data, storage, split=split)
+    ds = to_dataset(table, rows_per_block(data, preprocessing))
     return decode_catalog(ds, data, preprocessing, storage)
 
 

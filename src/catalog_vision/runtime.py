@@ -41,5 +41,15 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + os.urandom(3).hex()
 
 
+def job_command(script: str) -> str:
+    """The running Hydra job as a user would retype it (the same however it was started, e.g. under
+    ``ray job submit``); recorded in evaluation reports."""
+    import shlex
+
+    from hydra.core.hydra_config import HydraConfig
+
+    return shlex.join(["python", script, *HydraConfig.get().overrides.task])
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s", datefmt="%H:%M:%S")

@@ -421,14 +421,15 @@ def train(cfg: Mapping[str, Any]) -> dict:
     init_ray(cfg["ray"])
     spec = Preprocessing.from_dict(data["preprocessing"])
     classes = list(data["classes"])
-    counts = class_counts(catalog_table(data, storage, split=data["train_split"]), classes, task)
+    train_table = catalog_table(data, storage, split=data["train_split"])
+    counts = class_counts(train_table, classes, task)
 
     # [1] Decode once; the workers augment every epoch.
-    def split(name: str):
-        ds = decoded_catalog(data, spec.to_dict(), storage, split=name)
+    def split(name: str, table=None):
+        ds = decoded_catalog(data, spec.to_dict(), storage, split=name, table=table)
         return ds.map_batches(to_training, fn_kwargs={"classes": classes, "task": task}, batch_format="numpy").materialize()
 
-    train_ds, val_ds = split(data["train_split"]), split(data["val_split"])
+    train_ds, val_ds = split(data["train_split"], train_table), split(data["val_split"])
     train_rows, val_rows = train_ds.count(), val_ds.count()
     if train_rows == 0 or val_rows == 0:
         raise ValueError(f"empty split: {train_rows} train rows ({data['train_split']!r}), {val_rows} val rows ({data['val_split']!r})")
