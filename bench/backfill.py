@@ -47,7 +47,7 @@ def make_cfg(*overrides):
 
 def build_catalog(root: Path, n: int, workload: str, source: str) -> str:
     """Write n image files + a manifest; returns the manifest path."""
-    from catalog_vision.catalog import load_fashion_mnist
+    from catalog_vision.catalogs import load_fashion_mnist
 
     x, y = load_fashion_mnist(source)["test"]
     classes = make_cfg()["data"]["classes"]

@@ -36,7 +36,7 @@ def _write_pngs(args):
     import numpy as np
     from PIL import Image
 
-    from catalog_vision.catalog import load_fashion_mnist
+    from catalog_vision.catalogs import load_fashion_mnist
 
     x = np.concatenate([load_fashion_mnist(source)[s][0] for s in ("train", "test")])
     for i in range(start, stop):
@@ -53,7 +53,7 @@ def build(root: Path, n: int, source: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from catalog_vision.catalog import load_fashion_mnist
+    from catalog_vision.catalogs import load_fashion_mnist
 
     done = root / f".built-{n}"
     if done.exists():

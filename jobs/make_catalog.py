@@ -6,7 +6,7 @@
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from catalog_vision.catalog import make_catalog
+from catalog_vision.catalogs import make_catalog
 from catalog_vision.runtime import setup_logging
 
 

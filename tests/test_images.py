@@ -115,3 +115,39 @@ def test_unsupported_format_is_not_an_image():
     svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"><rect width="10" height="10"/></svg>'
     with pytest.raises(NotAnImage):
         decode(svg, GRAY)
+
+
+def _bars(w: int, h: int) -> bytes:
+    """A wide RGB image: red left third, green middle, blue right third (PNG: lossless)."""
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:, : w // 3, 0] = 255
+    arr[:, w // 3 : 2 * w // 3, 1] = 255
+    arr[:, 2 * w // 3 :, 2] = 255
+    return encode(Image.fromarray(arr), "PNG")
+
+
+@pytest.mark.parametrize("fit", ["squash", "center_crop", "letterbox"])
+def test_fit_policies_on_a_wide_photo(fit):
+    spec = Preprocessing(image_size=(30, 30), channels=3, mean=(0.2, 0.4, 0.6), std=(0.2, 0.2, 0.2), fit=fit)
+    out = decode(_bars(300, 100), spec)  # 3:1 aspect ratio
+    assert out.shape == (3, 30, 30)
+    if fit == "squash":  # all three bars survive, stretched: red at the left edge, blue at the right
+        assert out[0, 15, 2] == 255 and out[1, 15, 15] == 255 and out[2, 15, 27] == 255
+    elif fit == "center_crop":  # only the middle third (green) is left (the filter reaches one pixel past the box)
+        assert (out[1, :, 1:29] == 255).all() and out[0, :, 1:].max() == 0 and out[2, :, :29].max() == 0
+    else:  # letterbox: the whole image in a 30x10 band, padded above and below with the mean colour
+        assert tuple(out[:, 2, 15]) == (51, 102, 153) and tuple(out[:, 27, 15]) == (51, 102, 153)
+        assert out[0, 15, 2] == 255 and out[2, 15, 27] == 255
+
+
+def test_fit_of_a_tall_photo_keeps_the_middle():
+    arr = np.zeros((300, 100), np.uint8)
+    arr[100:200] = 255  # white middle third
+    spec = Preprocessing(image_size=(20, 20), channels=1, mean=(0.5,), std=(0.5,), fit="center_crop")
+    out = decode(encode(Image.fromarray(arr), "PNG"), spec)[0]
+    assert out[2:18].min() == 255
+
+
+def test_unknown_fit_names_the_choices():
+    with pytest.raises(ValueError, match="center_crop"):
+        Preprocessing(fit="stretch")

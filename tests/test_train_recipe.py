@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from catalog_vision import transforms
-from catalog_vision.catalog import make_tiles
+from catalog_vision.catalogs import make_tiles
 from catalog_vision.data import to_training
 from catalog_vision.train import Step, check_trainer, choose_thresholds, class_weights, make_scheduler, monitor_of, multilabel_val_metrics
 from conftest import make_cfg

@@ -16,7 +16,7 @@ _EXPORTS = {
     "build_model": ".models",
     "decode": ".images",
     "load_checkpoint": ".checkpoint",
-    "make_catalog": ".catalog",
+    "make_catalog": ".catalogs",
     "predictions_schema": ".infer",
     "run_pipeline": ".pipeline",
     "summarize": ".query",

@@ -69,6 +69,11 @@ class Preprocessing:
     # Images with more pixels than this are rejected before the full decode (decompression bombs).
     max_pixels: int = 50_000_000
     resize: str = field(default="bilinear")
+    # How an image of another aspect ratio becomes image_size: ``squash`` (stretch to it; what
+    # checkpoints from before this setting did), ``center_crop`` (scale to cover, crop the centre:
+    # torchvision's Resize+CenterCrop, what ImageNet weights expect) or ``letterbox`` (scale to fit,
+    # pad with the mean colour, which normalises to 0).
+    fit: str = "squash"
 
     def __post_init__(self):
         if self.channels not in (1, 3):
@@ -77,6 +82,8 @@ class Preprocessing:
             raise ValueError("preprocessing.mean and .std need one value per channel")
         if self.resize not in _RESAMPLE:
             raise ValueError(f"preprocessing.resize={self.resize!r}; choose one of {sorted(_RESAMPLE)}")
+        if self.fit not in FITS:
+            raise ValueError(f"preprocessing.fit={self.fit!r}; choose one of {list(FITS)}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocessing":
@@ -97,6 +104,8 @@ class Preprocessing:
     def shape(self) -> tuple[int, int, int]:
         return (self.channels, *self.image_size)
 
+
+FITS = ("squash", "center_crop", "letterbox")
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -134,8 +143,7 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
         im.load()
         im = ImageOps.exif_transpose(im)
         im = _to_mode(im, spec.channels)
-        if im.size != (spec.image_size[1], spec.image_size[0]):
-            im = im.resize((spec.image_size[1], spec.image_size[0]), _RESAMPLE[spec.resize])
+        im = fit_image(im, spec)
         arr = np.asarray(im, dtype=np.uint8)
     except OSError as e:
         if "truncated" in str(e).lower() or "broken data stream" in str(e).lower():
@@ -148,6 +156,46 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
     else:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
+
+
+def fit_box(w: int, h: int, spec: Preprocessing) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Where a ``w x h`` image goes under ``spec.fit``: ``(source box, target box)``, each as
+    ``(left, top, right, bottom)``. The source box is resized onto the target box of an
+    ``image_size`` canvas; shared by the CPU decoder and the device (GPU) decoder."""
+    th, tw = spec.image_size
+    if spec.fit == "squash" or (w, h) == (tw, th):
+        return (0, 0, w, h), (0, 0, tw, th)
+    if spec.fit == "center_crop":
+        # The largest centred box with the target's aspect ratio, then one resize (PIL's box= does
+        # the crop and the resize in one pass, like ImageOps.fit).
+        scale = min(w / tw, h / th)
+        cw, ch = tw * scale, th * scale
+        left, top = round((w - cw) / 2), round((h - ch) / 2)
+        return (left, top, left + round(cw), top + round(ch)), (0, 0, tw, th)
+    scale = min(tw / w, th / h)  # letterbox
+    rw, rh = max(1, round(w * scale)), max(1, round(h * scale))
+    left, top = (tw - rw) // 2, (th - rh) // 2
+    return (0, 0, w, h), (left, top, left + rw, top + rh)
+
+
+def pad_color(spec: Preprocessing) -> int | tuple[int, ...]:
+    """Letterbox padding: the normalisation mean, so padding is 0 after normalising."""
+    c = tuple(int(round(m * 255)) for m in spec.mean)
+    return c[0] if spec.channels == 1 else c
+
+
+def fit_image(im: Image.Image, spec: Preprocessing) -> Image.Image:
+    """An ``L``/``RGB`` image of any size → exactly ``image_size``, by ``spec.fit``."""
+    th, tw = spec.image_size
+    if im.size == (tw, th):
+        return im
+    (sl, st, sr, sb), (dl, dt, dr, db) = fit_box(*im.size, spec)
+    resized = im.resize((dr - dl, db - dt), _RESAMPLE[spec.resize], box=(sl, st, sr, sb))
+    if (dl, dt, dr, db) == (0, 0, tw, th):
+        return resized
+    canvas = Image.new(im.mode, (tw, th), pad_color(spec))
+    canvas.paste(resized, (dl, dt))
+    return canvas
 
 
 def _to_mode(im: Image.Image, channels: int) -> Image.Image:

@@ -17,7 +17,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .data import fetch_and_decode, is_error
-from .images import ImageError, Preprocessing, decode, error_string
+from .images import ImageError, Preprocessing, decode, error_string, fit_box, pad_color
 
 log = logging.getLogger("catalog_vision")
 
@@ -72,6 +72,25 @@ def resolve_dtype(dtype: str, device: torch.device, setting: str = "predictor.dt
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    """``uint8 (C, h, w)`` on any device → ``(C, *image_size)`` by ``spec.fit``: the same boxes as
+    :func:`images.fit_image` on the CPU decoder."""
+    from torchvision.transforms.v2 import functional as F
+
+    th, tw = spec.image_size
+    h, w = im.shape[-2:]
+    if (h, w) == (th, tw):
+        return im
+    (sl, st, sr, sb), (dl, dt, dr, db) = fit_box(w, h, spec)
+    im = F.resize(im[..., st:sb, sl:sr], [db - dt, dr - dl], antialias=True)
+    if (dl, dt, dr, db) == (0, 0, tw, th):
+        return im
+    out = torch.empty((im.shape[0], th, tw), dtype=im.dtype, device=im.device)
+    out[:] = torch.tensor(pad_color(spec), dtype=im.dtype, device=im.device).view(-1, 1, 1)
+    out[:, dt:db, dl:dr] = im
+    return out
 
 
 class Predictor:
@@ -165,8 +184,6 @@ class Predictor:
         the device decoder rejects (e.g. CMYK on nvJPEG) falls back to :func:`images.decode`.
         """
         from torchvision.io import ImageReadMode, decode_jpeg
-        from torchvision.transforms.v2 import functional as F
-
         spec = self.spec
         mode = ImageReadMode.GRAY if spec.channels == 1 else ImageReadMode.RGB
         out = torch.zeros((len(encoded), *spec.shape), dtype=torch.uint8, device=self.device)
@@ -180,9 +197,7 @@ class Predictor:
             try:
                 if im is None:
                     im = decode_jpeg(datas[i], mode=mode, device=self.device, apply_exif_orientation=True)
-                if im.shape[-2:] != tuple(spec.image_size):
-                    im = F.resize(im, list(spec.image_size), antialias=True)
-                out[i] = im
+                out[i] = fit_tensor(im, spec)
             except RuntimeError:
                 try:
                     out[i] = torch.from_numpy(decode(raw, spec)).to(self.device)

@@ -6,7 +6,7 @@ import time
 from typing import Any, Mapping
 
 from .backfill import backfill
-from .catalog import make_catalog
+from .catalogs import make_catalog
 from .evaluate import evaluate
 from .query import print_summary, summarize
 from .train import train

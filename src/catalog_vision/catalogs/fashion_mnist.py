@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import storage as st
-from .images import encode_jpeg, encode_png
-from .runtime import init_ray
+from .. import storage as st
+from ..images import encode_jpeg, encode_png
+from ..runtime import init_ray
 
 log = logging.getLogger("catalog_vision")
 
