@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from . import storage as st
+from .catalogs.table import read_table_file
 from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, decode, error_string
 
 # Memory reserved per decode task (MiB) unless data.decode_memory_mb says otherwise. Besides
@@ -24,41 +25,38 @@ from .images import AccessDenied, ImageError, MissingObject, Preprocessing, Read
 # into the inference actors, so the CPU decode step and the model step overlap as separate operators.
 DECODE_MEMORY_MB = 256
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 LAYOUTS = ("auto", "flat", "class_folders")
 
 
 def _resolve_uri(uri: str, base: str) -> str:
-    """Manifest URIs may be absolute (``s3://…``, ``/…``) or relative to the manifest's folder."""
+    """Manifest URIs may be absolute (``s3://…``, ``https://…``, ``/…``) or relative to the manifest's folder."""
     if "://" in uri or uri.startswith("/"):
         return uri
     return st.join(base, uri)
 
 
-def list_images(prefix: str, storage: Mapping[str, Any] | None = None, layout: str = "auto") -> pa.Table:
-    """List a prefix: ``image_id`` is the key under the prefix; class folders give ``label``."""
+def list_images(prefix: str, storage: Mapping[str, Any] | None = None, layout: str = "auto", label_level: Any = "leaf", splits: Mapping[str, float] | None = None, split_seed: Any = 0) -> pa.Table:
+    """List a prefix (the same reader as ``make_catalog source=folders``): ``image_id`` is the key
+    under the prefix; class folders (nested at any depth) give ``label``. With ``splits`` every row
+    gets a ``split`` by the hash of its id, exactly as an imported catalog would."""
+    from .catalogs.folders import read_folders
+    from .catalogs.splits import assign_splits
+
     if layout not in LAYOUTS:
         raise ValueError(f"data.layout={layout!r}; choose one of {list(LAYOUTS)}")
-    fs, root = st.resolve(prefix, storage)
-    root = root.rstrip("/")
-    keys = sorted(p for p in fs.find(root) if p.lower().endswith(IMAGE_EXTENSIONS))
-    if not keys:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {prefix!r}")
-    rel = [k[len(root) + 1 :] for k in keys]
-    depth = {r.count("/") for r in rel}
+    table, _ = read_folders(prefix, storage, label_level=label_level, labeled=True)
+    depth = set(pc.utf8_length(pc.replace_substring_regex(table.column("image_id"), "[^/]", "")).to_pylist())
     if layout == "auto":
+        # Only an unambiguous tree (every file exactly one folder deep) is read as class folders.
         layout = "class_folders" if depth == {1} else "flat"
-    if layout == "class_folders" and depth != {1}:
-        raise ValueError(f"layout=class_folders expects <prefix>/<class>/<file>; found depths {sorted(depth)} under {prefix!r}")
-    labels = [r.split("/", 1)[0] for r in rel] if layout == "class_folders" else [None] * len(rel)
-    scheme = prefix.split("://", 1)[0] + "://" if st.is_remote(prefix) else ""
-    return pa.table(
-        {
-            "image_id": pa.array(rel, pa.string()),
-            "uri": pa.array([scheme + k for k in keys], pa.string()),
-            "label": pa.array(labels, pa.string()),
-        }
-    )
+    if layout == "class_folders" and 0 in depth:
+        raise ValueError(f"layout=class_folders expects <prefix>/<class folders...>/<file>; some files under {prefix!r} are at the top level")
+    table = table.select(["image_id", "uri", "label"])
+    if layout == "flat":
+        table = table.set_column(2, "label", pa.nulls(table.num_rows, pa.string()))
+    if splits:
+        table, _ = assign_splits(table, splits, split_seed)
+    return table
 
 
 def rows_per_block(data: Mapping[str, Any], preprocessing: Mapping[str, Any]) -> int:
@@ -84,21 +82,24 @@ def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = N
     Duplicate ids are a manifest error: they would break one-row-per-image.
     """
     if data.get("images_prefix"):
-        table = list_images(st.absolute(data["images_prefix"]), storage, data.get("layout", "auto"))
+        from .catalogs.splits import check_fractions
+
+        # A listed prefix has no split column: give it the same hash splits an import would, so
+        # training never validates on its own training images.
+        fractions = check_fractions(data["splits"], [data.get("train_split"), data.get("val_split")]) if split and data.get("splits") else None
+        table = list_images(st.absolute(data["images_prefix"]), storage, data.get("layout", "auto"), data.get("label_level", "leaf"), fractions, data.get("split_seed", 0))
+        if split:
+            if "split" not in table.column_names:
+                raise ValueError(f"data.split={split!r} for a listed prefix needs data.splits (fractions per split), or data.split=null")
+            table = table.filter(pc.equal(table.column("split"), split))
+        table = table.select(["image_id", "uri", "label"])
     else:
         if not data.get("manifest"):
             raise ValueError("set data.manifest (Parquet/CSV: image_id, uri, label, split) or data.images_prefix")
         manifest = st.absolute(data["manifest"])
         if not st.exists(manifest, storage):
             raise FileNotFoundError(f"manifest {manifest!r} not found; build one with jobs/make_catalog.py or set data.manifest")
-        fs, path = st.resolve(manifest, storage)
-        if manifest.endswith(".csv"):
-            import pyarrow.csv as pacsv
-
-            with fs.open(path, "rb") as f:
-                table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(column_types={"image_id": pa.string(), "label": pa.string()}))
-        else:
-            table = pq.read_table(path, filesystem=fs)
+        table = read_table_file(manifest, storage)
         missing = {"image_id", "uri"} - set(table.column_names)
         if missing:
             raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {table.column_names}")
@@ -113,6 +114,23 @@ def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = N
         dup = [v["values"] for v in pc.value_counts(ids).to_pylist() if v["counts"] > 1][:5]
         raise ValueError(f"the catalog has duplicate image_id values, e.g. {dup}; each image needs a unique id")
     return table
+
+
+def resolve_classes(data: Mapping[str, Any], storage: Mapping[str, Any] | None = None, table: pa.Table | None = None) -> list[str]:
+    """``data.classes``, or with ``auto`` (or null) the sorted labels of the whole catalog (every
+    split: a class seen only in val or test still gets an output, and a later catalog's new labels
+    are reported by the evaluation as unknown classes, not errors)."""
+    classes = data.get("classes")
+    if classes not in (None, "auto"):
+        if isinstance(classes, str):
+            raise ValueError(f"data.classes={classes!r}; give a list of class names or auto")
+        return [str(c) for c in classes]
+    from .catalogs.summary import class_counts
+
+    names = sorted(class_counts(table if table is not None else catalog_table(data, storage)))
+    if not names:
+        raise ValueError("data.classes=auto but the catalog has no labels (no 'label'/'labels' values, or no class folders); label it or list data.classes")
+    return names
 
 
 def to_dataset(table: pa.Table, rows_per_block: int):

@@ -395,7 +395,7 @@ def ground_truth(cfg: Mapping[str, Any], split: str | None, task: str) -> tuple[
     if data.get("images_prefix"):
         from .data import catalog_table
 
-        table = catalog_table(data, storage).select(["image_id", "label"])
+        table = catalog_table(data, storage, split=split).select(["image_id", "label"])
         where = f"class folders under {data['images_prefix']!r}"
         splits = None
     else:
@@ -444,6 +444,26 @@ def ground_truth(cfg: Mapping[str, Any], split: str | None, task: str) -> tuple[
     if len(pc.unique(ids)) != len(ids):
         raise ValueError(f"{where}: duplicate image_id values among the labeled rows of split {split!r}")
     return gt.combine_chunks(), where
+
+
+def drop_unknown_classes(gt: pa.Table, classes: Sequence[str], task: str) -> tuple[pa.Table, dict[str, int]]:
+    """Ground truth without the rows whose label (any of whose labels, multi-label) the model does
+    not know, and ``{unknown label: images}``: a catalog that grew new classes since training is
+    evaluated on the classes the model has, and the rest is counted, not an error."""
+    known = pa.array(list(classes), pa.string())
+    if task == "multilabel":
+        lists = gt.column("labels").to_pylist()
+        known_set = set(classes)
+        bad = [any(c not in known_set for c in v) for v in lists]
+        names = [c for v, b in zip(lists, bad) if b for c in v if c not in known_set]
+        keep = pa.array([not b for b in bad])
+    else:
+        keep = pc.is_in(gt.column("label"), value_set=known)
+        names = pc.filter(gt.column("label"), pc.invert(keep)).to_pylist()
+    unknown: dict[str, int] = {}
+    for c in names:
+        unknown[c] = unknown.get(c, 0) + 1
+    return gt.filter(keep), dict(sorted(unknown.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def _class_index(names: pa.Array | pa.ChunkedArray, classes: Sequence[str], what: str) -> np.ndarray:
@@ -612,6 +632,11 @@ def evaluate(cfg: Mapping[str, Any], command: str | None = None) -> dict:
             raise ValueError(f"{len(thresholds)} thresholds for {len(classes)} classes")
 
     gt, gt_where = ground_truth(cfg, split, task)
+    gt, unknown = drop_unknown_classes(gt, classes, task)
+    if unknown:
+        log.warning("%d labeled images have classes the model does not know (%s): reported as unknown classes, not evaluated", sum(unknown.values()), dict(list(unknown.items())[:10]))
+    if gt.num_rows == 0:
+        raise ValueError(f"every labeled image of split {split!r} has a class the model does not know: {dict(list(unknown.items())[:10])}; the model's classes are {classes[:20]}")
     gt_ids = {i: n for n, i in enumerate(gt.column("image_id").to_pylist())}
 
     if source == "checkpoint":
@@ -675,6 +700,8 @@ def evaluate(cfg: Mapping[str, Any], command: str | None = None) -> dict:
         "errors_by_class": dict(sorted(error_classes.items())),
         "missing": len(got["missing"]),
         "unlabeled_skipped": got["unlabeled"],
+        "unknown_class": sum(unknown.values()),
+        "unknown_classes": unknown,
     }
     output = st.absolute(e["output"]) if e.get("output") else _default_output(cfg, model_id, split, source)
     model_name = ((meta or {}).get("model") or {}).get("name") or model_id.rsplit("-", 1)[0]
@@ -755,7 +782,7 @@ def evaluate(cfg: Mapping[str, Any], command: str | None = None) -> dict:
     files["metrics.json"] = json.dumps(metrics, indent=2, default=str).encode()
     for name, data in files.items():
         st.write_bytes(st.join(output, name), data, storage)
-    summary = {"model_id": model_id, "task": task, "source": source, "split": split, "evaluated": n, "errors": counts["errors"], "missing": counts["missing"], **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline.items()}, "output": output}
+    summary = {"model_id": model_id, "task": task, "source": source, "split": split, "evaluated": n, "errors": counts["errors"], "missing": counts["missing"], **({"unknown_class": counts["unknown_class"]} if counts["unknown_class"] else {}), **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in headline.items()}, "output": output}
     print("evaluate summary: " + json.dumps(summary), flush=True)
     return metrics
 
@@ -822,7 +849,8 @@ def model_card(metrics: Mapping[str, Any], meta: Mapping[str, Any] | None, figur
         f"- **Split:** `{metrics['split']}` of `{metrics['ground_truth']}`; source: {where}",
         f"- **Images:** {counts['labeled']} labeled, **{counts['evaluated']} evaluated**, {counts['errors']} error rows (not evaluated)"
         + (f" (images that could not be read or decoded: {', '.join(f'{k} {v}' for k, v in counts['errors_by_class'].items())}; listed in `errors.parquet`)" if counts["errors"] else "")
-        + (f", {counts['missing']} without a prediction" if counts["missing"] else ""),
+        + (f", {counts['missing']} without a prediction" if counts["missing"] else "")
+        + (f"; {counts['unknown_class']} images of classes the model does not know, not evaluated ({', '.join(f'{k} {v}' for k, v in list(counts['unknown_classes'].items())[:10])})" if counts.get("unknown_class") else ""),
         "",
     ]
     if task == "multiclass":

@@ -28,12 +28,10 @@ def read_predictions(uri: str, storage: Mapping[str, Any] | None = None, columns
 
 
 def read_manifest(uri: str, storage: Mapping[str, Any] | None = None) -> pa.Table:
-    data = st.read_bytes(uri, storage)
-    if uri.endswith(".csv"):
-        import pyarrow.csv as pacsv
+    """The manifest as written (every column), through the one CSV/Parquet reader."""
+    from .catalogs.table import read_table_file
 
-        return pacsv.read_csv(io.BytesIO(data))
-    return pq.read_table(io.BytesIO(data))
+    return read_table_file(uri, storage)
 
 
 def summarize(predictions: str, manifest: str | None = None, storage: Mapping[str, Any] | None = None, top: int = 10) -> dict:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import storage as st
 from . import transforms
-from .data import TASKS, catalog_table, decoded_catalog, to_training
+from .data import TASKS, catalog_table, decoded_catalog, resolve_classes, to_training
 from .images import Preprocessing
 from .models import build_model, set_backbone_frozen
 from .runtime import init_ray, new_run_id
@@ -420,7 +420,9 @@ def train(cfg: Mapping[str, Any]) -> dict:
     check_trainer(t, task)
     init_ray(cfg["ray"])
     spec = Preprocessing.from_dict(data["preprocessing"])
-    classes = list(data["classes"])
+    classes = resolve_classes(data, storage)
+    if data.get("classes") in (None, "auto"):
+        log.info("data.classes=auto: %d classes from the catalog: %s", len(classes), classes[:20] + (["..."] if len(classes) > 20 else []))
     train_table = catalog_table(data, storage, split=data["train_split"])
     counts = class_counts(train_table, classes, task)
 

@@ -92,7 +92,7 @@ def make_tiles(x: np.ndarray, y: np.ndarray, grid: int, fill: float, seed: int =
     return out, labels
 
 
-def make_catalog(cfg: Mapping[str, Any]) -> dict:
+def build_fashion_mnist(cfg: Mapping[str, Any]) -> dict:
     """Write image files + manifest for the configured splits; returns a summary."""
     import ray
 
