@@ -182,7 +182,7 @@ def test_multilabel_report_from_predictions(multilabel_setup, capsys):
     m = evaluate(cfg, command="python jobs/evaluate.py evaluate.source=predictions")
     assert m["predictions"] == str(s["tmp"] / "output" / "predictions" / s["model_id"])
     assert m["task"] == "multilabel" and m["model_id"] == s["model_id"]
-    assert m["counts"] == {"labeled": 5, "evaluated": 4, "errors": 1, "errors_by_class": {"TruncatedImage": 1}, "missing": 0, "unlabeled_skipped": 0}
+    assert m["counts"] == {"labeled": 5, "evaluated": 4, "errors": 1, "errors_by_class": {"TruncatedImage": 1}, "missing": 0, "unlabeled_skipped": 0, "unknown_class": 0, "unknown_classes": {}}
     assert m["error_rows"] == [{"image_id": "img-broken", "error": "TruncatedImage: image file is truncated"}]
     for key in ("hamming_loss", "subset_accuracy", "f1_micro", "f1_macro"):
         assert m["metrics"][key] == pytest.approx(ML_EXPECTED[key]), key
