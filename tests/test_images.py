@@ -151,3 +151,20 @@ def test_fit_of_a_tall_photo_keeps_the_middle():
 def test_unknown_fit_names_the_choices():
     with pytest.raises(ValueError, match="center_crop"):
         Preprocessing(fit="stretch")
+
+
+@pytest.mark.parametrize("fit", ["squash", "center_crop", "letterbox"])
+def test_device_decoder_fits_like_the_cpu_decoder(fit):
+    """GPU JPEG decode resizes with torch; it must place the image in the same box as the CPU path."""
+    import torch
+
+    from catalog_vision.infer import fit_tensor
+
+    spec = Preprocessing(image_size=(30, 40), channels=3, mean=(0.2, 0.4, 0.6), std=(0.2, 0.2, 0.2), fit=fit)
+    data = _bars(300, 100)
+    cpu = decode(data, spec).astype(np.int16)
+    full = torch.from_numpy(np.asarray(Image.open(io.BytesIO(data))).transpose(2, 0, 1).copy())
+    dev = fit_tensor(full, spec).numpy().astype(np.int16)
+    assert dev.shape == cpu.shape == (3, 30, 40)
+    # Different resize kernels (PIL vs torch antialias) differ at the bar edges only.
+    assert np.mean(np.abs(dev - cpu) > 40) < 0.05
