@@ -1,6 +1,8 @@
-"""Write a catalog (image files + manifest.parquet) from Fashion-MNIST IDX files.
+"""Build a catalog: ``manifest.parquet`` (image_id, uri, label, group, split) + ``catalog_summary.json``.
 
-    python jobs/make_catalog.py [overrides...]      e.g. storage=s3 paths.root=s3://bucket/cv
+    python jobs/make_catalog.py                                               # Fashion-MNIST demo
+    python jobs/make_catalog.py data=photos source=folders source.prefix=s3://bucket/photos
+    python jobs/make_catalog.py data=photos source=table source.path=export.csv source.columns.uri=image_url
 """
 
 import hydra

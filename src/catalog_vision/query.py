@@ -57,6 +57,33 @@ def summarize(predictions: str, manifest: str | None = None, storage: Mapping[st
                WHERE p.error IS NULL AND m.label IS NOT NULL"""
         ).fetchone()
         out["labeled_rows"], out["accuracy"] = row[0], row[1]
+        if "split" in con.execute("SELECT * FROM manifest LIMIT 0").fetch_arrow_table().column_names:
+            # A backfill of the whole catalog also labels the training images: say which split is which.
+            out["accuracy_by_split"] = {
+                split: {"accuracy": acc, "labeled_rows": n}
+                for split, n, acc in con.execute(
+                    """SELECT m.split, count(*), avg(CASE WHEN p.label = m.label THEN 1.0 ELSE 0.0 END)
+                       FROM preds p JOIN manifest m USING (image_id)
+                       WHERE p.error IS NULL AND m.label IS NOT NULL GROUP BY m.split ORDER BY m.split"""
+                ).fetchall()
+            }
+    return out
+
+
+def query(cfg: Mapping[str, Any]) -> dict:
+    """``jobs/query.py``: the summary of one model's predictions table (``query.predictions``, or the
+    folder of the checkpoint at ``predictor.checkpoint``) against the manifest's labels."""
+    from . import checkpoint as ckpt
+
+    q = dict(cfg.get("query") or {})
+    storage = cfg["storage"]
+    predictions = q.get("predictions")
+    if not predictions:
+        model_id = ckpt.model_id_of(ckpt.read_meta(st.absolute(cfg["predictor"]["checkpoint"]), storage))
+        predictions = st.join(st.absolute(cfg["paths"]["predictions"]), model_id)
+    manifest = cfg["data"].get("manifest") if q.get("with_manifest", True) else None
+    out = summarize(st.absolute(predictions), st.absolute(manifest) if manifest else None, storage)
+    print_summary(out)
     return out
 
 
@@ -65,6 +92,8 @@ def print_summary(s: Mapping[str, Any]) -> None:
     print(f"  rows {s['rows']}  errors {s['errors']}  low_confidence {s['low_confidence']}  mean score {s['mean_score'] or 0:.4f}")
     if "accuracy" in s and s["accuracy"] is not None:
         print(f"  accuracy vs manifest labels: {s['accuracy']:.4f} on {s['labeled_rows']} labeled images")
+        if len(s.get("accuracy_by_split") or {}) > 1:
+            print("  by split: " + "  ".join(f"{k} {v['accuracy']:.4f} ({v['labeled_rows']})" for k, v in s["accuracy_by_split"].items()))
     print("  label counts: " + json.dumps(s["label_counts"]))
     if s["errors_by_class"]:
         print("  errors by class: " + json.dumps(s["errors_by_class"]))
