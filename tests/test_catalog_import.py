@@ -252,3 +252,25 @@ def test_unknown_class_in_a_later_catalog_is_reported_not_an_error(tmp_path, cap
     card = (tmp_path / "output" / "report" / model_id / "test-predictions" / "model_card.md").read_text()
     assert "3 images of classes the model does not know" in card and "hat 2" in card
     assert '"unknown_class": 3' in capsys.readouterr().out
+
+
+def test_reimport_after_the_catalog_grew_keeps_old_splits(tmp_path):
+    def write(u, b):
+        os.makedirs(os.path.dirname(u), exist_ok=True)
+        open(u, "wb").write(b)
+
+    write_tree(write, str(tmp_path / "photos"))
+    cfg = make_cfg("source=folders", f"source.prefix={tmp_path / 'photos'}", "source.group_pattern='^(.+)-[0-9]+$'", f"paths.root={tmp_path}", "data.splits={train: 0.5, val: 0.25, test: 0.25}")
+    make_catalog(cfg)
+    before = read_table_file(cfg["data"]["manifest"])
+    # New products in a new class, and a third photo of every old shirt.
+    for p in range(6):
+        write(str(tmp_path / "photos" / "apparel" / "tops" / "shirt" / f"shirt{p:03d}-2.jpg"), encode_png())
+        write(str(tmp_path / "photos" / "accessories" / "hat" / f"hat{p:03d}-0.jpg"), encode_png())
+    summary = make_catalog(cfg)
+    after = read_table_file(cfg["data"]["manifest"])
+    old = dict(zip(before.column("image_id").to_pylist(), before.column("split").to_pylist()))
+    new = dict(zip(after.column("image_id").to_pylist(), after.column("split").to_pylist()))
+    assert after.num_rows == before.num_rows + 12 and all(new[i] == s for i, s in old.items())
+    assert all(new[f"apparel/tops/shirt/shirt{p:03d}-2.jpg"] == old[f"apparel/tops/shirt/shirt{p:03d}-0.jpg"] for p in range(6))
+    assert summary["groups"]["spanning_splits"] == 0 and summary["per_class"]["hat"]["images"] == 6
