@@ -84,7 +84,8 @@ def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     if (h, w) == (th, tw):
         return im
     (sl, st, sr, sb), (dl, dt, dr, db) = fit_box(w, h, spec)
-    im = F.resize(im[..., st:sb, sl:sr], [db - dt, dr - dl], antialias=True)
+    mode = getattr(F.InterpolationMode, spec.resize.upper())  # the checkpoint's interpolation, as on the CPU path
+    im = F.resize(im[..., st:sb, sl:sr], [db - dt, dr - dl], interpolation=mode, antialias=mode != F.InterpolationMode.NEAREST)
     if (dl, dt, dr, db) == (0, 0, tw, th):
         return im
     out = torch.empty((im.shape[0], th, tw), dtype=im.dtype, device=im.device)
