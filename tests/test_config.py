@@ -14,12 +14,14 @@ from conftest import make_cfg
         [],
         ["experiment=smoke"],
         ["experiment=fashion_mnist"],
+        ["experiment=photos", "source=folders", "source.prefix=s3://bucket/photos"],
+        ["experiment=photos_imagenet", "source=table", "source.path=export.csv"],
         ["storage=s3", "paths.root=s3://bucket/prefix", "predictor=gpu", "trainer=gpu", "ray=cluster", "model=resnet18"],
     ],
 )
 def test_configs_compose(overrides):
     cfg = make_cfg(*overrides)
-    for group in ("storage", "data", "model", "trainer", "predictor", "ray", "paths"):
+    for group in ("storage", "data", "model", "trainer", "predictor", "ray", "paths", "source"):
         assert group in cfg
     assert cfg["paths"]["predictions"].startswith(cfg["paths"]["root"])
 
