@@ -30,7 +30,7 @@ import numpy as np
 from .. import storage as st
 from ..runtime import init_ray
 from .fashion_mnist import load_fashion_mnist
-from .photo_render import BACKGROUNDS, PALETTE, encode_jpeg, render_photo
+from .photo_render import BACKGROUNDS, PALETTE, encode_jpeg, render_photo, solid_mask
 
 log = logging.getLogger("catalog_vision")
 
@@ -115,9 +115,9 @@ def render_product(product: Mapping[str, Any], item: np.ndarray, cfg: Mapping[st
     n = product["photos"]
     qualities = rng.choice(np.arange(cfg["jpeg_quality"][0], cfg["jpeg_quality"][1] + 1), size=n, replace=n > cfg["jpeg_quality"][1] - cfg["jpeg_quality"][0] + 1)
     kinds = rng.choice(len(BACKGROUNDS), size=n, replace=n > len(BACKGROUNDS))
-    photos = []
+    photos, solid = [], solid_mask(item)
     for k in range(n):
-        rgb = render_photo(rng, item, tint, BACKGROUNDS[kinds[k]], cfg)
+        rgb = render_photo(rng, item, solid, tint, BACKGROUNDS[kinds[k]], cfg)
         photos.append((encode_jpeg(rgb, int(qualities[k])), {"height": rgb.shape[0], "width": rgb.shape[1], "quality": int(qualities[k]), "background": BACKGROUNDS[kinds[k]]}))
     return colour, photos
 
