@@ -30,10 +30,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_cfg(*overrides: str) -> dict:
+def make_cfg(*overrides: str, config_name: str = "config") -> dict:
     """Compose the real configs, as the jobs do, and resolve them to plain containers."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=list(overrides))
+        cfg = compose(config_name=config_name, overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -94,6 +94,18 @@ def local_catalog(tmp_path_factory, ray_local, fmnist):
     cfg = make_cfg("experiment=smoke", f"paths.root={root}", f"data.source={fmnist}")
     summary = make_catalog(cfg)
     return {"root": root, "cfg": cfg, "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def photo_catalog(s3_endpoint, ray_local, fmnist):
+    """A small photo-like catalog in the S3 endpoint, written by make_demo_photos: 40 products,
+    2-4 RGB JPEGs each in nested class folders, ``products.csv``, export clutter and 2 truncated
+    JPEGs. Returns its ``prefix`` (``s3://cv-test/photos``), ``cfg`` and ``summary``."""
+    from catalog_vision.catalogs import make_demo_photos
+
+    prefix = f"s3://{BUCKET}/photos"
+    cfg = make_cfg("storage=s3", f"demo_photos.out={prefix}", "demo_photos.products=40", f"demo_photos.source={fmnist}", config_name="demo_photos")
+    return {"prefix": prefix, "cfg": cfg, "summary": make_demo_photos(cfg)}
 
 
 @pytest.fixture(scope="session")
