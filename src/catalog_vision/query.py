@@ -50,14 +50,15 @@ def summarize(predictions: str, manifest: str | None = None, storage: Mapping[st
         con.execute("SELECT split_part(error, ':', 1) AS cls, count(*) FROM preds WHERE error IS NOT NULL GROUP BY cls ORDER BY cls").fetchall()
     )
     if manifest:
-        con.register("manifest", read_manifest(manifest, storage))
+        manifest_table = read_manifest(manifest, storage)
+        con.register("manifest", manifest_table)
         row = con.execute(
             """SELECT count(*) AS n, avg(CASE WHEN p.label = m.label THEN 1.0 ELSE 0.0 END) AS top1
                FROM preds p JOIN manifest m USING (image_id)
                WHERE p.error IS NULL AND m.label IS NOT NULL"""
         ).fetchone()
         out["labeled_rows"], out["accuracy"] = row[0], row[1]
-        if "split" in con.execute("SELECT * FROM manifest LIMIT 0").fetch_arrow_table().column_names:
+        if "split" in manifest_table.column_names:
             # A backfill of the whole catalog also labels the training images: say which split is which.
             out["accuracy_by_split"] = {
                 split: {"accuracy": acc, "labeled_rows": n}
