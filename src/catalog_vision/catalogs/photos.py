@@ -190,11 +190,11 @@ def make_demo_photos(cfg: Mapping[str, Any]) -> dict:
     y = np.concatenate([src["train"][1], src["test"][1]])
     n_train = len(src["train"][0])
     plan = plan_products(y, photos_cfg)
+    init_ray(cfg.get("ray"))  # before the marker: a cluster that fails to start leaves nothing behind
     # The marker goes first: it claims the prefix, so overwrite=true may clear even a run that died.
     splits = [[p["sku"], *(("train", p["item"]) if p["item"] < n_train else ("test", p["item"] - n_train)), TAXONOMY[p["label"]][0]] for p in plan]
     st.write_bytes(st.join(out, MARKER), _csv(["sku", "source_split", "source_index", "label"], splits), storage)
     # [2] Render, encode and upload on Ray tasks, a chunk of products each.
-    init_ray(cfg.get("ray"))
     write = ray.remote(_write_products).options(num_cpus=1)
     chunk = max(1, int(photos_cfg.get("products_per_task", 25)))
     futures = [write.remote(plan[s : s + chunk], x[[p["item"] for p in plan[s : s + chunk]]], photos_cfg, storage) for s in range(0, len(plan), chunk)]
