@@ -8,7 +8,6 @@ import io
 import re
 import statistics
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -160,6 +159,18 @@ def test_rewrites_only_with_overwrite_and_only_a_demo_catalog(tmp_path, ray_loca
     with pytest.raises(FileExistsError, match="other files"):
         make_demo_photos(make_cfg(f"demo_photos.out={other}", f"demo_photos.source={fmnist}", "demo_photos.overwrite=true", config_name="demo_photos"))
     assert (other / "holiday.jpg").read_bytes() == b"not ours"
+
+
+def test_a_run_that_died_is_replaced_with_overwrite(tmp_path, ray_local, fmnist):
+    """A run that died leaves the marker (written first) and photos, but no products.csv (written last)."""
+    out = tmp_path / "died"
+    args = [f"demo_photos.out={out}", f"demo_photos.source={fmnist}", "demo_photos.products=3"]
+    make_demo_photos(make_cfg(*args, config_name="demo_photos"))
+    (out / "products.csv").unlink()
+    with pytest.raises(FileExistsError, match="a run that died"):
+        make_demo_photos(make_cfg(*args, config_name="demo_photos"))
+    make_demo_photos(make_cfg(*args, "demo_photos.overwrite=true", config_name="demo_photos"))
+    assert (out / "products.csv").exists()
 
 
 @pytest.mark.parametrize(
