@@ -60,12 +60,15 @@ def assert_backbone_is(model, state: dict[str, torch.Tensor]) -> None:
         torch.testing.assert_close(got[k], state[k], rtol=0, atol=0, msg=k)
 
 
-def test_imagenet_loads_from_the_hub_cache(torch_home):
+def test_imagenet_loads_from_the_hub_cache(torch_home, caplog):
     state = fake_imagenet_state()
     path = seed_hub(torch_home, state)
     assert pw.hub_path(FILE) == path  # torch's own hub location under $TORCH_HOME
-    model = build_model({"name": "resnet18", "pretrained": "imagenet"}, 5, RGB)
+    with caplog.at_level("INFO", logger="catalog_vision"):
+        model = build_model({"name": "resnet18", "pretrained": "imagenet"}, 5, RGB)
     assert_backbone_is(model, state)
+    # Used as found (as torch does), but a file that is not the published one is pointed out.
+    assert f"does not start with the f37072fd in its name: not the file published at https://download.pytorch.org/models/{FILE}" in caplog.text
     # A grayscale model gets the RGB stem summed over its input channels, everything else as is.
     gray = build_model({"name": "resnet18", "pretrained": "imagenet:IMAGENET1K_V1"}, 5, GRAY)
     torch.testing.assert_close(gray.backbone.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
@@ -203,3 +206,18 @@ def test_train_from_cached_imagenet_weights_stores_their_normalisation(local_cat
     torch.testing.assert_close(loaded.model.std.flatten(), torch.tensor(published.std) * 255)
     assert_backbone_is(loaded.model, state)
     assert [h["frozen_backbone"] for h in meta["history"]] == [True]
+
+
+def test_vit_position_embeddings_follow_the_input_size():
+    # Published ViT weights are for 224x224 (14x14 patches + class token); a 32x32 model has 2x2.
+    from catalog_vision.models import load_backbone_state
+
+    torch.manual_seed(3)
+    donor = torchvision.models.vit_b_16(weights=None).state_dict()
+    model = build_model({"name": "vit_b_16"}, 5, {**RGB, "image_size": [32, 32]})
+    unused = load_backbone_state(model, donor)
+    assert unused == ["heads.head.bias", "heads.head.weight"]
+    pos = model.backbone.encoder.pos_embedding
+    assert pos.shape == (1, 1 + 2 * 2, 768)
+    torch.testing.assert_close(pos[:, :1], donor["encoder.pos_embedding"][:, :1])  # the class token's, as published
+    torch.testing.assert_close(model.backbone.encoder.layers[11].mlp[3].weight, donor["encoder.layers.encoder_layer_11.mlp.3.weight"])

@@ -160,7 +160,12 @@ def resolve(model_cfg: Mapping[str, Any], storage: Mapping[str, Any] | None = No
             raise WeightsNotFound(_missing_message(pretrained, pub, local, cache, cached, e)) from None
         source = local
     weights = Weights(st.read_bytes(source, storage), source, pretrained, pub)
-    log.info("model.pretrained=%s: %s from %s (sha256 %s)", pretrained, pub.name, source, weights.describe()["sha256"][:12])
+    sha = weights.describe()["sha256"]
+    log.info("model.pretrained=%s: %s from %s (sha256 %s)", pretrained, pub.name, source, sha[:12])
+    expected = _name_hash(pub.file)
+    if not sha.startswith(expected):
+        # Like torch, a cached file is used as found; a mismatch is worth a line (corrupt copy, other weights).
+        log.warning("%s: sha256 %s does not start with the %s in its name: not the file published at %s", source, sha[:12], expected, pub.url)
     return weights
 
 
@@ -181,11 +186,8 @@ def download(url: str, dst: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     (torchvision's ``<name>-<sha256 prefix>.pth``), the content must match it."""
     import urllib.request
 
-    from torch.hub import HASH_REGEX
-
     os.makedirs(os.path.dirname(dst), exist_ok=True)
-    m = HASH_REGEX.search(os.path.basename(dst))
-    expected = m.group(1) if m else ""
+    expected = _name_hash(os.path.basename(dst))
     tmp = f"{dst}.{os.getpid()}.{os.urandom(4).hex()}.partial"
     digest = hashlib.sha256()
     log.info("downloading %s to %s", url, dst)
@@ -200,6 +202,14 @@ def download(url: str, dst: str, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _name_hash(file: str) -> str:
+    """The sha256 prefix in a torchvision weights file name (``resnet18-f37072fd.pth``), or ``''``."""
+    from torch.hub import HASH_REGEX
+
+    m = HASH_REGEX.search(file)
+    return m.group(1) if m else ""
 
 
 def adapt_preprocessing(model_cfg: Mapping[str, Any], preprocessing: Mapping[str, Any]) -> dict:
