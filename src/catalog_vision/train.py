@@ -1,5 +1,7 @@
 """Data-parallel training with Ray Train: ``TorchTrainer`` over Ray Data shards.
 
+[0] ``model.pretrained`` is resolved on the driver before anything starts (a missing file stops
+    the job at once); the bytes reach the workers through the object store.
 [1] Ray Data reads the catalog and decodes it on CPU tasks, once (``materialize``).
 [2] Each epoch the shards stream into the workers (block order randomised, local shuffle buffer);
     each worker augments its batches with ``torchvision.transforms.v2`` (:mod:`.transforms`),
@@ -36,6 +38,7 @@ from . import transforms
 from .data import TASKS, catalog_table, decoded_catalog, resolve_classes, to_training
 from .images import Preprocessing
 from .models import build_model, set_backbone_frozen
+from .models import pretrained as pretrained_weights
 from .runtime import init_ray, new_run_id
 
 log = logging.getLogger("catalog_vision")
@@ -301,7 +304,13 @@ def train_loop_per_worker(config: dict) -> None:
     classes = config["classes"]
     step = Step(t, task, len(classes), config["preprocessing"]["image_size"], config["class_counts"], config["train_rows"], device)
 
-    inner = build_model(config["model"], len(classes), config["preprocessing"]).to(device, memory_format=torch.channels_last)
+    inner = build_model({**config["model"], "pretrained": None}, len(classes), config["preprocessing"])
+    if config.get("pretrained") is not None:  # resolved on the driver; workers may have no cache or internet
+        info, data = config["pretrained"]
+        unused = pretrained_weights.Weights(ray.get(data), info["source"], info["pretrained"]).load_into(inner)
+        if rank == 0:
+            print(f"backbone starts from model.pretrained={info['pretrained']} ({info['source']}); not used: {unused}", flush=True)
+    inner = inner.to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(inner.parameters(), t)
     steps_per_epoch = max(1, config["train_rows"] // (world * t["batch_size"] * step.accumulate))
     scheduler = make_scheduler(optimizer, t, steps_per_epoch)
@@ -411,6 +420,7 @@ def class_counts(table, classes: list[str], task: str) -> list[int]:
 
 def train(cfg: Mapping[str, Any]) -> dict:
     """Train from a resolved config (plain dict). Returns a summary with the exported checkpoint URI."""
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -418,8 +428,11 @@ def train(cfg: Mapping[str, Any]) -> dict:
     storage, data, t = cfg["storage"], cfg["data"], cfg["trainer"]
     task = data.get("task", "multiclass")
     check_trainer(t, task)
+    model_cfg = dict(cfg["model"])
+    # [0] Starting weights before Ray starts: missing weights must not cost a decode first.
+    weights = pretrained_weights.resolve(model_cfg, storage) if model_cfg.get("pretrained") else None
+    spec = Preprocessing.from_dict(pretrained_weights.adapt_preprocessing(model_cfg, data["preprocessing"]))
     init_ray(cfg["ray"])
-    spec = Preprocessing.from_dict(data["preprocessing"])
     classes = resolve_classes(data, storage)
     if data.get("classes") in (None, "auto"):
         log.info("data.classes=auto: %d classes from the catalog: %s", len(classes), classes[:20] + (["..."] if len(classes) > 20 else []))
@@ -442,21 +455,24 @@ def train(cfg: Mapping[str, Any]) -> dict:
     arrow_fs, storage_root = st.arrow_filesystem(storage_path, storage)
     metric, mode = monitor_of(t, task)
     meta = {
-        "model": dict(cfg["model"]),
+        "model": model_cfg,
         "classes": classes,
         "preprocessing": spec.to_dict(),
         "task": task,
-        "embedding_dim": build_model(cfg["model"], len(classes), spec.to_dict()).num_features,
+        "embedding_dim": build_model({**model_cfg, "pretrained": None}, len(classes), spec.to_dict()).num_features,
         "data": {"manifest": data.get("manifest"), "train_rows": train_rows, "val_rows": val_rows, "train_support": dict(zip(classes, counts))},
         "trainer": st.redact(dict(t)),
         "monitor": metric,
     }
+    if weights is not None:
+        meta["pretrained_weights"] = weights.describe()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "trainer": dict(t),
             "task": task,
-            "model": dict(cfg["model"]),
+            "model": model_cfg,
+            "pretrained": (weights.describe(), ray.put(weights.data)) if weights is not None else None,
             "classes": classes,
             "class_counts": counts,
             "preprocessing": spec.to_dict(),

@@ -1,40 +1,17 @@
 """Model factory: one name → one :class:`ImageClassifier` with an explicit features/head seam.
 
 The embedding written by backfills is the L2-normalised output of ``forward_features``.
-Weights are never downloaded: ``pretrained`` is a path or URI the user names.
+Starting weights (``model.pretrained``) are a file the user names or torchvision's published
+ImageNet weights (:mod:`.pretrained`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Mapping, Sequence
 
-import torch
 from torch import nn
 
-
-class ImageClassifier(nn.Module):
-    """``uint8 (N, C, H, W)`` in, logits out; normalisation lives inside the model."""
-
-    def __init__(self, backbone: nn.Module, num_features: int, num_classes: int, mean: Sequence[float], std: Sequence[float], dropout: float = 0.0):
-        super().__init__()
-        self.backbone = backbone
-        self.num_features = num_features
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.head = nn.Linear(num_features, num_classes)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=True)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0, persistent=True)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float() - self.mean) / self.std
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self.normalize(x))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(features))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+from .classifier import ImageClassifier
 
 
 def _conv_bn(cin: int, cout: int) -> list[nn.Module]:
@@ -130,56 +107,25 @@ MODELS: dict[str, Callable[..., tuple[nn.Module, int]]] = {
 }
 
 
-def build_model(model_cfg: Mapping[str, Any], num_classes: int, preprocessing: Mapping[str, Any]) -> ImageClassifier:
-    """Build from the ``model`` config group and the checkpoint's preprocessing dict."""
+# Keys of the model config group that are not architecture arguments.
+_NOT_ARCHITECTURE = ("name", "dropout", "pretrained", "weights_cache")
+
+
+def build_model(model_cfg: Mapping[str, Any], num_classes: int, preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None) -> ImageClassifier:
+    """Build from the ``model`` config group and the checkpoint's preprocessing dict.
+
+    ``model_cfg["pretrained"]``, when set, is resolved here (:func:`.pretrained.resolve`) and
+    loaded into the backbone. The normalisation buffers are ``preprocessing``'s: with published
+    weights, pass what :func:`.pretrained.adapt_preprocessing` returns so they match the weights.
+    """
     name = model_cfg["name"]
     if name not in MODELS:
         raise ValueError(f"unknown model.name={name!r}; choose one of {sorted(MODELS)}")
-    kwargs = {k: v for k, v in model_cfg.items() if k not in ("name", "dropout", "pretrained")}
+    kwargs = {k: v for k, v in model_cfg.items() if k not in _NOT_ARCHITECTURE}
     backbone, num_features = MODELS[name](in_chans=int(preprocessing["channels"]), image_size=tuple(preprocessing.get("image_size") or (224, 224)), **kwargs)
     model = ImageClassifier(backbone, num_features, num_classes, preprocessing["mean"], preprocessing["std"], float(model_cfg.get("dropout", 0.0) or 0.0))
     if model_cfg.get("pretrained"):
-        load_backbone_weights(model, model_cfg["pretrained"])
+        from .pretrained import resolve
+
+        resolve(model_cfg, storage).load_into(model)
     return model
-
-
-def load_backbone_weights(model: ImageClassifier, uri: str, storage: Mapping[str, Any] | None = None) -> list[str]:
-    """Load a torchvision state_dict (``.pt``/``.pth``) or ``.safetensors`` into the backbone.
-
-    Loads without unpickling code (``weights_only=True``). An RGB stem loaded into a grayscale
-    model is summed over its input channels (the usual adaptation, as timm does); other tensors whose
-    shapes do not fit (the replaced classifier) are skipped and returned.
-    """
-    import io
-
-    from . import storage as st
-
-    data = st.read_bytes(uri, storage)
-    if uri.endswith(".safetensors"):
-        from safetensors.torch import load as load_st
-
-        state = load_st(data)
-    else:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    target = model.backbone.state_dict()
-    for k, v in list(state.items()):
-        t = target.get(k)
-        if t is not None and v.ndim == 4 and t.ndim == 4 and v.shape[1] == 3 and t.shape[1] == 1 and v.shape[0] == t.shape[0] and v.shape[2:] == t.shape[2:]:
-            state[k] = v.sum(dim=1, keepdim=True)
-    fit = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
-    model.backbone.load_state_dict(fit, strict=False)
-    return sorted(set(state) - set(fit))
-
-
-def set_backbone_frozen(model: ImageClassifier, frozen: bool) -> None:
-    """Freeze (or unfreeze) the backbone for linear probing / transfer learning.
-
-    Frozen: no gradients for the backbone and its BatchNorm layers in eval mode (running statistics
-    stay those of the starting weights); only the head trains. Call after ``model.train()``.
-    """
-    for p in model.backbone.parameters():
-        p.requires_grad_(not frozen)
-    if frozen:
-        for m in model.backbone.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
