@@ -71,15 +71,14 @@ class FaultServer:
                     pass  # a client hanging up on a kept-alive connection is not a server error
 
             def do_GET(self):
+                self.counted = True
                 server.stats.enter()
                 if server.shared is not server.stats:
                     server.shared.enter()
                 try:
                     server.handle(self)
                 finally:
-                    server.stats.leave()
-                    if server.shared is not server.stats:
-                        server.shared.leave()
+                    server.answered(self)
 
         class Server(ThreadingHTTPServer):
             request_queue_size = 256  # the default 5 drops SYNs under a burst of connects: 1 s client stalls
@@ -150,7 +149,17 @@ class FaultServer:
             return self.stream(h, {"Transfer-Encoding": "chunked"}, chunked=True)
         self.reply(h, 200, body, {"Content-Type": "image/png"})
 
+    def answered(self, h) -> None:
+        """A request stops counting as in flight just before its answer goes out: once the client has
+        the answer it may start another request, and that one must not overlap this one's count."""
+        if getattr(h, "counted", False):
+            h.counted = False
+            self.stats.leave()
+            if self.shared is not self.stats:
+                self.shared.leave()
+
     def reply(self, h, status: int, body: bytes, headers: dict | None = None) -> None:
+        self.answered(h)
         try:
             h.send_response(status)
             for k, v in (headers or {}).items():
@@ -163,6 +172,7 @@ class FaultServer:
 
     def stream(self, h, headers: dict, chunked: bool = False) -> None:
         """Zero bytes, 64 KiB at a time, until the client hangs up (or 2 GiB: a client bug)."""
+        self.answered(h)
         h.send_response(200)
         for k, v in headers.items():
             h.send_header(k, v)
