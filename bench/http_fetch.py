@@ -34,14 +34,14 @@ def fresh_loop(urls, opts):
 
     async def run():
         # A private session state, so nothing carries over between batches.
-        saved = http._state["sessions"]
-        http._state["sessions"] = {}
+        saved = http._state["clients"]
+        http._state["clients"] = {}
         try:
             return await http._fetch_all(urls, opts)
         finally:
-            for s in http._state["sessions"].values():
-                await s.close()
-            http._state["sessions"] = saved
+            for c in http._state["clients"].values():
+                await c.session.close()
+            http._state["clients"] = saved
 
     return asyncio.run(run())
 

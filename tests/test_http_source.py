@@ -115,6 +115,15 @@ def test_per_host_limit_and_connection_reuse(server, images):
     assert len(server.ports) <= 3
 
 
+def test_waiting_for_a_slot_does_not_count_against_the_timeout(images):
+    """24 URLs of 0.25 s through 2 slots queue for 3 s; a 1 s timeout applies to each request, not the queue."""
+    with FaultServer(images, slow_s=0.25) as s:
+        urls = [s.url("slow", name) for name in list(images)[:24]]
+        got = http.fetch_many(urls, opts(per_host_concurrency=2, timeout=1, retries=0))
+        assert [type(g) for g in got] == [bytes] * 24, [str(g) for g in got if not isinstance(g, bytes)][:3]
+        assert all(len(s.attempts("slow", name)) == 1 for name in list(images)[:24])
+
+
 def test_overall_limit_across_hosts(images):
     shared = Stats()
     with FaultServer(images, stats=shared) as a, FaultServer(images, stats=shared) as b:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import dataclasses
 import email.utils
 import os
@@ -21,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
 
 from ..images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError
 
@@ -112,7 +114,7 @@ def fetch_many(urls: Sequence[str], opts: HttpOptions | None = None) -> list[byt
     return asyncio.run_coroutine_threadsafe(_fetch_all(list(urls), opts), _loop()).result()
 
 
-_state: dict[str, Any] = {"pid": None, "loop": None, "sessions": {}}
+_state: dict[str, Any] = {"pid": None, "loop": None, "clients": {}}
 _lock = threading.Lock()
 
 
@@ -122,44 +124,76 @@ def _loop() -> asyncio.AbstractEventLoop:
         if _state["pid"] != os.getpid():
             loop = asyncio.new_event_loop()
             threading.Thread(target=loop.run_forever, name="catalog-vision-http", daemon=True).start()
-            _state.update(pid=os.getpid(), loop=loop, sessions={})
-            atexit.register(_close, loop, _state["sessions"])
+            _state.update(pid=os.getpid(), loop=loop, clients={})
+            atexit.register(_close, os.getpid(), loop, _state["clients"])
         return _state["loop"]
 
 
-def _close(loop: asyncio.AbstractEventLoop, sessions: dict) -> None:
+def _close(pid: int, loop: asyncio.AbstractEventLoop, clients: dict) -> None:
     async def close_all():
-        for s in sessions.values():
-            await s.close()
+        for c in clients.values():
+            await c.session.close()
 
-    if loop.is_running():
+    # A forked child inherits this handler but not the loop's thread: nothing there to close.
+    if pid == os.getpid() and loop.is_running():
         try:
             asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=5)
         except Exception:  # closing at exit is a courtesy to the servers; never fail the exit
             pass
 
 
-def _session(opts: HttpOptions):
-    """One session per option set on the loop: its pool keeps connections alive across batches."""
-    import aiohttp
+class _Client:
+    """A session (its pool keeps connections alive across batches) and the process-wide limits.
 
-    sessions = _state["sessions"]
-    if opts not in sessions:
+    The limits are semaphores taken before each attempt, not the connector's pool limits: aiohttp
+    counts a wait for a pooled connection against the request's ``total`` timeout, so a 512-URL batch
+    queued behind 16 connections would time out requests that were never sent.
+    """
+
+    def __init__(self, opts: HttpOptions):
+        import aiohttp
+
         ctx = ssl.create_default_context(cafile=opts.ca_file) if opts.ca_file else True
-        connector = aiohttp.TCPConnector(limit=opts.max_concurrency, limit_per_host=opts.per_host_concurrency, ssl=ctx)
-        sessions[opts] = aiohttp.ClientSession(
-            connector=connector,
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=opts.max_concurrency, limit_per_host=opts.per_host_concurrency, ssl=ctx),
             # identity: image bytes reach the decoder as stored, never a gzip bomb unpacked here.
             headers={"User-Agent": opts.user_agent, "Accept-Encoding": "identity"},
             timeout=aiohttp.ClientTimeout(total=opts.timeout, sock_connect=opts.connect_timeout),
             auto_decompress=False,
         )
-    return sessions[opts]
+        self.opts = opts
+        self.overall = asyncio.Semaphore(opts.max_concurrency)
+        # host -> [semaphore, users]; dropped when unused, so a catalog spanning many hosts stays small.
+        self.hosts: dict[tuple, list] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, url: str):
+        try:
+            parts = urlsplit(url)
+            key = (parts.scheme.lower(), parts.hostname, parts.port)
+        except ValueError:  # a malformed URL fails in the request, with its own message
+            key = ("", url, None)
+        entry = self.hosts.setdefault(key, [asyncio.Semaphore(self.opts.per_host_concurrency), 0])
+        entry[1] += 1
+        try:
+            async with entry[0], self.overall:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self.hosts[key]
+
+
+def _client(opts: HttpOptions) -> _Client:
+    clients = _state["clients"]
+    if opts not in clients:
+        clients[opts] = _Client(opts)
+    return clients[opts]
 
 
 async def _fetch_all(urls: list[str], opts: HttpOptions) -> list[bytes | ImageError]:
-    session = _session(opts)
-    return list(await asyncio.gather(*(_fetch_one(session, u, opts) for u in urls)))
+    client = _client(opts)
+    return list(await asyncio.gather(*(_fetch_one(client, u, opts) for u in urls)))
 
 
 class _Retry(Exception):
@@ -170,7 +204,7 @@ class _Retry(Exception):
         self.reason, self.wait = reason, wait
 
 
-async def _fetch_one(session, url: str, opts: HttpOptions) -> bytes | ImageError:
+async def _fetch_one(client: _Client, url: str, opts: HttpOptions) -> bytes | ImageError:
     import aiohttp
 
     where = safe_url(url)
@@ -178,7 +212,8 @@ async def _fetch_one(session, url: str, opts: HttpOptions) -> bytes | ImageError
     while True:
         attempt += 1
         try:
-            return await _attempt(session, url, where, opts)
+            async with client.slot(url):  # held for one attempt; backoff waits hold no slot
+                return await _attempt(client.session, url, where, opts)
         except ImageError as e:
             return e
         except _Retry as e:
