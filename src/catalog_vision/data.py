@@ -18,6 +18,7 @@ from PIL import Image
 
 from . import storage as st
 from .catalogs.table import read_table_file
+from .storage import http
 from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, decode, error_string
 
 # Memory reserved per decode task (MiB) unless data.decode_memory_mb says otherwise. Besides
@@ -109,6 +110,7 @@ def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = N
             table = table.filter(pc.equal(table.column("split"), split))
         table = _normalise_manifest(table, manifest.rsplit("/", 1)[0])
     table = table.combine_chunks()
+    http.options(storage)  # a bad storage.http value fails here, not as an error row per image
     ids = table.column("image_id")
     if len(pc.unique(ids)) != len(ids):
         dup = [v["values"] for v in pc.value_counts(ids).to_pylist() if v["counts"] > 1][:5]
@@ -161,6 +163,8 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
     """Fetch objects concurrently (s3fs batches requests); per-object failures come back as values."""
     if not uris:
         return []
+    if http.is_http(uris[0]):
+        return http.fetch_many(uris, http.options(storage))
     fs, _ = st.resolve(uris[0], storage)
     paths = [st.resolve(u, storage)[1] for u in uris]
     got = fs.cat(paths, on_error="return")

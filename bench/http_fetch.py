@@ -1,0 +1,82 @@
+"""How to run the HTTP fetcher's event loop from synchronous Ray tasks: the cost of one 512-URL batch.
+
+    python bench/http_fetch.py                    # http and https, 512 URLs a batch, 10 batches
+    python bench/http_fetch.py --batches 20 --kib 60
+
+Strategies, same coroutine (``catalog_vision.storage.http._fetch_all``), same options:
+
+* ``loop thread`` — what ``fetch_many`` does: one event loop in a daemon thread per process and one
+  ``aiohttp`` session per option set, so connections stay open from one batch to the next;
+* ``asyncio.run`` — a fresh event loop and a fresh session (new connections, new TLS handshakes)
+  for every batch.
+
+The server is the test suite's threaded ``http.server`` on 127.0.0.1 (tests/httpfaults.py): on
+loopback the network costs nothing, so the difference is loop, session and connection setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+
+def fresh_loop(urls, opts):
+    from catalog_vision.storage import http
+
+    async def run():
+        # A private session state, so nothing carries over between batches.
+        saved = http._state["clients"]
+        http._state["clients"] = {}
+        try:
+            return await http._fetch_all(urls, opts)
+        finally:
+            for c in http._state["clients"].values():
+                await c.session.close()
+            http._state["clients"] = saved
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--urls", type=int, default=512)
+    ap.add_argument("--batches", type=int, default=10)
+    ap.add_argument("--kib", type=int, default=20, help="body size of each image")
+    args = ap.parse_args()
+
+    from catalog_vision.storage import http
+    from httpfaults import FaultServer, self_signed, server_ssl_context
+
+    body = os.urandom(args.kib * 1024)
+    tmp = tempfile.mkdtemp()
+    ca, key = self_signed(tmp)
+    print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.urls} URLs x {args.kib} KiB a batch, median of {args.batches} batches")
+    for scheme, ctx in (("http", None), ("https", server_ssl_context(ca, key))):
+        with FaultServer({"img": body}, ssl_context=ctx) as server:
+            opts = http.HttpOptions(timeout=60, ca_file=ca if ctx else None)
+            urls = [server.url("ok", "img") + f"?i={i}" for i in range(args.urls)]
+            for name, fetch in (("loop thread", http.fetch_many), ("asyncio.run", fresh_loop)):
+                fetch(urls[:8], opts)  # warm: imports, the thread
+                times, conns = [], []
+                for _ in range(args.batches):
+                    seen = set(server.ports)
+                    t0 = time.perf_counter()
+                    got = fetch(urls, opts)
+                    times.append(time.perf_counter() - t0)
+                    conns.append(len(server.ports - seen))
+                    assert all(isinstance(g, bytes) and len(g) == len(body) for g in got), "a fetch failed"
+                med = statistics.median(times)
+                print(f"{scheme:5s}  {name:12s}  {med * 1000:7.1f} ms/batch  ({args.urls / med:6.0f} URLs/s)  new connections per batch: {statistics.median(conns):.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,285 @@
+"""``http://`` and ``https://`` image URLs: many fetched concurrently, each failure a value.
+
+:func:`fetch_many` is synchronous, so Ray Data tasks and actors call it like the fsspec reads. It
+returns, in order, the body ``bytes`` or an :class:`~catalog_vision.images.ImageError` per URL:
+``MissingObject`` (404/410), ``AccessDenied`` (401/403), ``ImageTooLarge`` (over ``max_bytes``),
+``ReadError`` (anything else, after retries). Options come from the ``storage.http`` config block
+(:class:`HttpOptions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import dataclasses
+import email.utils
+import os
+import random
+import re
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from ..images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError
+
+SCHEMES = ("http", "https")
+# 408 and 429 say "later"; 5xx are the server's or a proxy's trouble. Other 4xx will not change.
+RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+_CHUNK = 64 * 1024
+
+
+def is_http(uri: str) -> bool:
+    return uri[:8].lower().startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """The ``storage.http`` config block; see ``conf/storage/http/default.yaml`` for each key."""
+
+    timeout: float = 60.0
+    connect_timeout: float = 10.0
+    retries: int = 4
+    backoff: float = 0.5
+    max_backoff: float = 30.0
+    per_host_concurrency: int = 16
+    max_concurrency: int = 64
+    max_bytes: int = 50 * 2**20
+    user_agent: str = "catalog-vision/0.1"
+    ca_file: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "HttpOptions":
+        """Validate a config block; a bad key or value raises ``ValueError`` naming ``storage.http.<key>``."""
+        d = dict(d or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise ValueError(f"unknown storage.http keys {unknown}; valid keys: {list(fields)}")
+        kw: dict[str, Any] = {}
+        for name, value in d.items():
+            if value is None and name == "ca_file":
+                continue
+            want = int if name in ("retries", "per_host_concurrency", "max_concurrency", "max_bytes") else float
+            if name in ("user_agent", "ca_file"):
+                want = str
+            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
+                raise ValueError(f"storage.http.{name}={value!r}: expected {'a number' if want is float else want.__name__}")
+            kw[name] = want(value)
+        opts = cls(**kw)
+        opts._check()
+        return opts
+
+    def _check(self) -> None:
+        positive = {"timeout": self.timeout, "connect_timeout": self.connect_timeout, "per_host_concurrency": self.per_host_concurrency, "max_concurrency": self.max_concurrency, "max_bytes": self.max_bytes}
+        for name, v in positive.items():
+            if not v > 0:
+                raise ValueError(f"storage.http.{name}={v!r}: must be > 0")
+        for name, v in {"retries": self.retries, "backoff": self.backoff, "max_backoff": self.max_backoff}.items():
+            if v < 0:
+                raise ValueError(f"storage.http.{name}={v!r}: must be >= 0")
+        if self.max_backoff < self.backoff:
+            raise ValueError(f"storage.http.max_backoff={self.max_backoff} is below storage.http.backoff={self.backoff}")
+        if self.ca_file is not None and not os.path.isfile(self.ca_file):
+            raise ValueError(f"storage.http.ca_file={self.ca_file!r}: no such file on this machine (a PEM bundle of CA certificates; it must exist on every node)")
+
+
+def options(storage: Mapping[str, Any] | None) -> HttpOptions:
+    """:class:`HttpOptions` from a ``storage`` config (its ``http`` block; defaults when absent)."""
+    return HttpOptions.from_dict((storage or {}).get("http"))
+
+
+# Userinfo and query strings carry credentials (basic auth, presigned-URL signatures): messages
+# show scheme, host, port and path only.
+_URL = re.compile(r"(?i)\b(https?://)(?:[^/@\s?#'\"]*@)?([^\s?#'\"]*)(?:[?#][^\s'\"]*)?")
+
+
+def safe_url(text: str) -> str:
+    """``text`` with every http(s) URL's userinfo, query and fragment removed."""
+    return _URL.sub(r"\1\2", text)
+
+
+def fetch_many(urls: Sequence[str], opts: HttpOptions | None = None) -> list[bytes | ImageError]:
+    """Fetch ``urls`` concurrently; ``bytes`` or an ``ImageError`` per URL, in order.
+
+    Runs on one event loop in a daemon thread per process, so it works from synchronous code and
+    from code already inside an event loop (Ray Serve), and keeps connections alive between calls.
+    """
+    if not urls:
+        return []
+    opts = opts or HttpOptions()
+    return asyncio.run_coroutine_threadsafe(_fetch_all(list(urls), opts), _loop()).result()
+
+
+_state: dict[str, Any] = {"pid": None, "loop": None, "clients": {}}
+_lock = threading.Lock()
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    # Keyed by pid: a forked child inherits the dict but not the thread that runs the loop.
+    with _lock:
+        if _state["pid"] != os.getpid():
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="catalog-vision-http", daemon=True).start()
+            _state.update(pid=os.getpid(), loop=loop, clients={})
+            atexit.register(_close, os.getpid(), loop, _state["clients"])
+        return _state["loop"]
+
+
+def _close(pid: int, loop: asyncio.AbstractEventLoop, clients: dict) -> None:
+    async def close_all():
+        for c in clients.values():
+            await c.session.close()
+
+    # A forked child inherits this handler but not the loop's thread: nothing there to close.
+    if pid == os.getpid() and loop.is_running():
+        try:
+            asyncio.run_coroutine_threadsafe(close_all(), loop).result(timeout=5)
+        except Exception:  # closing at exit is a courtesy to the servers; never fail the exit
+            pass
+
+
+class _Client:
+    """A session (its pool keeps connections alive across batches) and the process-wide limits.
+
+    The limits are semaphores taken before each attempt, not the connector's pool limits: aiohttp
+    counts a wait for a pooled connection against the request's ``total`` timeout, so a 512-URL batch
+    queued behind 16 connections would time out requests that were never sent.
+    """
+
+    def __init__(self, opts: HttpOptions):
+        import aiohttp
+
+        ctx = ssl.create_default_context(cafile=opts.ca_file) if opts.ca_file else True
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=opts.max_concurrency, limit_per_host=opts.per_host_concurrency, ssl=ctx),
+            # identity: image bytes reach the decoder as stored, never a gzip bomb unpacked here.
+            headers={"User-Agent": opts.user_agent, "Accept-Encoding": "identity"},
+            timeout=aiohttp.ClientTimeout(total=opts.timeout, sock_connect=opts.connect_timeout),
+            auto_decompress=False,
+        )
+        self.opts = opts
+        self.overall = asyncio.Semaphore(opts.max_concurrency)
+        # host -> [semaphore, users]; dropped when unused, so a catalog spanning many hosts stays small.
+        self.hosts: dict[tuple, list] = {}
+
+    @contextlib.asynccontextmanager
+    async def slot(self, url: str):
+        try:
+            parts = urlsplit(url)
+            key = (parts.scheme.lower(), parts.hostname, parts.port)
+        except ValueError:  # a malformed URL fails in the request, with its own message
+            key = ("", url, None)
+        entry = self.hosts.setdefault(key, [asyncio.Semaphore(self.opts.per_host_concurrency), 0])
+        entry[1] += 1
+        try:
+            async with entry[0], self.overall:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                del self.hosts[key]
+
+
+def _client(opts: HttpOptions) -> _Client:
+    clients = _state["clients"]
+    if opts not in clients:
+        clients[opts] = _Client(opts)
+    return clients[opts]
+
+
+async def _fetch_all(urls: list[str], opts: HttpOptions) -> list[bytes | ImageError]:
+    client = _client(opts)
+    return list(await asyncio.gather(*(_fetch_one(client, u, opts) for u in urls)))
+
+
+class _Retry(Exception):
+    """A failed attempt worth repeating; ``wait`` is the server's ``Retry-After`` in seconds, if any."""
+
+    def __init__(self, reason: str, wait: float | None = None):
+        super().__init__(reason)
+        self.reason, self.wait = reason, wait
+
+
+async def _fetch_one(client: _Client, url: str, opts: HttpOptions) -> bytes | ImageError:
+    import aiohttp
+
+    where = safe_url(url)
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            async with client.slot(url):  # held for one attempt; backoff waits hold no slot
+                return await _attempt(client.session, url, where, opts)
+        except ImageError as e:
+            return e
+        except _Retry as e:
+            reason, server_wait = e.reason, e.wait
+        except (asyncio.TimeoutError, TimeoutError):
+            reason, server_wait = f"timed out (timeout={opts.timeout:g} s, connect_timeout={opts.connect_timeout:g} s)", None
+        except aiohttp.ClientConnectorCertificateError as e:
+            return ReadError(safe_url(f"{where}: TLS certificate not trusted ({e.certificate_error}); set storage.http.ca_file for a private CA"))
+        except aiohttp.ClientSSLError as e:
+            return ReadError(safe_url(f"{where}: TLS error: {e}"))
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError) as e:
+            reason, server_wait = safe_url(f"{type(e).__name__}: {e}"), None
+        except aiohttp.InvalidURL:
+            return ReadError(f"{where}: not a valid URL")
+        except Exception as e:  # an unexpected client error must cost one row, not the batch
+            return ReadError(safe_url(f"{where}: {type(e).__name__}: {e}"))
+        if attempt > opts.retries:
+            return ReadError(f"{where}: {reason}; gave up after {attempt} attempt{'s' * (attempt > 1)}")
+        delay = _backoff(attempt, opts)
+        if server_wait is not None:
+            if server_wait > opts.max_backoff:
+                return ReadError(f"{where}: {reason}; Retry-After {server_wait:g} s exceeds storage.http.max_backoff={opts.max_backoff:g}; gave up after {attempt} attempt{'s' * (attempt > 1)}")
+            delay = max(delay, server_wait)
+        await asyncio.sleep(delay)
+
+
+def _backoff(attempt: int, opts: HttpOptions) -> float:
+    """Exponential backoff with "equal jitter": half the step fixed, half random, so clients that
+    failed together spread out while every wait still grows."""
+    step = min(opts.max_backoff, opts.backoff * 2 ** (attempt - 1))
+    return step / 2 + random.uniform(0, step / 2)
+
+
+async def _attempt(session, url: str, where: str, opts: HttpOptions) -> bytes:
+    async with session.get(url) as resp:
+        status = resp.status
+        if status in (404, 410):
+            raise MissingObject(f"no object at {where} (HTTP {status})")
+        if status in (401, 403):
+            raise AccessDenied(f"{where}: HTTP {status} {resp.reason or ''}".rstrip())
+        if status in RETRY_STATUS:
+            raise _Retry(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+        if not 200 <= status < 300:
+            raise ReadError(f"{where}: HTTP {status} {resp.reason or ''}".rstrip())
+        length = resp.content_length
+        if length is not None and length > opts.max_bytes:
+            resp.close()  # drop the connection rather than drain a body we refuse
+            raise ImageTooLarge(f"{where}: Content-Length {length} bytes exceeds storage.http.max_bytes={opts.max_bytes}")
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(_CHUNK):
+            body += chunk
+            if len(body) > opts.max_bytes:
+                resp.close()
+                raise ImageTooLarge(f"{where}: body exceeds storage.http.max_bytes={opts.max_bytes} (stopped reading at {len(body)} bytes)")
+        return bytes(body)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
