@@ -207,6 +207,7 @@ def test_manifest_urls_pass_through_untouched(tmp_path):
         ("storage.http.per_host_concurrency=2.5", r"storage\.http\.per_host_concurrency=2\.5: expected int"),
         ("storage.http.max_backoff=0.1", r"max_backoff=0\.1 is below storage\.http\.backoff=0\.5"),
         ("storage.http.ca_file=/nonexistent/ca.pem", r"ca_file='/nonexistent/ca.pem': no such file"),
+        ("storage.http.ca_file={tmp}/notes.pem", r"ca_file='.*/notes\.pem': not a PEM bundle"),
         ("+storage.http.timeuot=3", r"unknown storage\.http keys \['timeuot'\]; valid keys: \['timeout', 'connect_timeout'"),
     ],
 )
@@ -214,7 +215,8 @@ def test_manifest_urls_pass_through_untouched(tmp_path):
 def test_bad_http_options_fail_at_start(group, override, message, tmp_path):
     manifest = tmp_path / "manifest.csv"
     pa.csv.write_csv(pa.table({"image_id": ["a"], "uri": ["https://cdn.example.com/a.jpg"], "label": ["Bag"], "split": ["test"]}), manifest)
-    cfg = make_cfg("experiment=smoke", f"storage={group}", f"data.manifest={manifest}", override)
+    (tmp_path / "notes.pem").write_text("a text file, not certificates\n")
+    cfg = make_cfg("experiment=smoke", f"storage={group}", f"data.manifest={manifest}", override.format(tmp=tmp_path))
     with pytest.raises(ValueError, match=message):
         catalog_table(cfg["data"], cfg["storage"], split="test")
 

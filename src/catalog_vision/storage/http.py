@@ -83,8 +83,13 @@ class HttpOptions:
                 raise ValueError(f"storage.http.{name}={v!r}: must be >= 0")
         if self.max_backoff < self.backoff:
             raise ValueError(f"storage.http.max_backoff={self.max_backoff} is below storage.http.backoff={self.backoff}")
-        if self.ca_file is not None and not os.path.isfile(self.ca_file):
-            raise ValueError(f"storage.http.ca_file={self.ca_file!r}: no such file on this machine (a PEM bundle of CA certificates; it must exist on every node)")
+        if self.ca_file is not None:
+            if not os.path.isfile(self.ca_file):
+                raise ValueError(f"storage.http.ca_file={self.ca_file!r}: no such file on this machine (a PEM bundle of CA certificates; it must exist on every node)")
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=self.ca_file)
+            except ssl.SSLError as e:
+                raise ValueError(f"storage.http.ca_file={self.ca_file!r}: not a PEM bundle of CA certificates ({e})") from None
 
 
 def options(storage: Mapping[str, Any] | None) -> HttpOptions:
@@ -107,6 +112,7 @@ def fetch_many(urls: Sequence[str], opts: HttpOptions | None = None) -> list[byt
 
     Runs on one event loop in a daemon thread per process, so it works from synchronous code and
     from code already inside an event loop (Ray Serve), and keeps connections alive between calls.
+    The concurrency limits hold per process: threads calling at once share them.
     """
     if not urls:
         return []
@@ -153,7 +159,11 @@ class _Client:
     def __init__(self, opts: HttpOptions):
         import aiohttp
 
-        ctx = ssl.create_default_context(cafile=opts.ca_file) if opts.ca_file else True
+        ctx: ssl.SSLContext | bool = True
+        if opts.ca_file:
+            # Added to the system's CAs, not instead of them: a catalog may mix internal and public hosts.
+            ctx = ssl.create_default_context()
+            ctx.load_verify_locations(cafile=opts.ca_file)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=opts.max_concurrency, limit_per_host=opts.per_host_concurrency, ssl=ctx),
             # identity: image bytes reach the decoder as stored, never a gzip bomb unpacked here.
