@@ -203,8 +203,8 @@ def test_manifest_urls_pass_through_untouched(tmp_path):
     [
         ("storage.http.retries=-1", r"storage\.http\.retries=-1: must be >= 0"),
         ("storage.http.timeout=0", r"storage\.http\.timeout=0\.0: must be > 0"),
-        ("storage.http.max_concurrency=many", r"storage\.http\.max_concurrency='many': expected int"),
-        ("storage.http.per_host_concurrency=2.5", r"storage\.http\.per_host_concurrency=2\.5: expected int"),
+        ("storage.http.max_concurrency=many", r"storage\.http\.max_concurrency='many': expected an integer"),
+        ("storage.http.per_host_concurrency=2.5", r"storage\.http\.per_host_concurrency=2\.5: expected an integer"),
         ("storage.http.max_backoff=0.1", r"max_backoff=0\.1 is below storage\.http\.backoff=0\.5"),
         ("storage.http.ca_file=/nonexistent/ca.pem", r"ca_file='/nonexistent/ca.pem': no such file"),
         ("storage.http.ca_file={tmp}/notes.pem", r"ca_file='.*/notes\.pem': not a PEM bundle"),

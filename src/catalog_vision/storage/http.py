@@ -26,13 +26,13 @@ from urllib.parse import urlsplit
 
 from ..images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError
 
-SCHEMES = ("http", "https")
 # 408 and 429 say "later"; 5xx are the server's or a proxy's trouble. Other 4xx will not change.
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 _CHUNK = 64 * 1024
 
 
 def is_http(uri: str) -> bool:
+    """``http://`` or ``https://``, in any case."""
     return uri[:8].lower().startswith(("http://", "https://"))
 
 
@@ -55,20 +55,24 @@ class HttpOptions:
     def from_dict(cls, d: Mapping[str, Any] | None) -> "HttpOptions":
         """Validate a config block; a bad key or value raises ``ValueError`` naming ``storage.http.<key>``."""
         d = dict(d or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ValueError(f"unknown storage.http keys {unknown}; valid keys: {list(fields)}")
+            raise ValueError(f"unknown storage.http keys {unknown}; valid keys: {fields}")
         kw: dict[str, Any] = {}
         for name, value in d.items():
-            if value is None and name == "ca_file":
+            if name == "ca_file" and value is None:
                 continue
-            want = int if name in ("retries", "per_host_concurrency", "max_concurrency", "max_bytes") else float
-            if name in ("user_agent", "ca_file"):
-                want = str
-            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
-                raise ValueError(f"storage.http.{name}={value!r}: expected {'a number' if want is float else want.__name__}")
-            kw[name] = want(value)
+            kind = str if name == "ca_file" else type(getattr(cls, name))
+            if kind is str:
+                ok, want = isinstance(value, str), "a string"
+            elif kind is int:
+                ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            else:
+                ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            if not ok:
+                raise ValueError(f"storage.http.{name}={value!r}: expected {want}")
+            kw[name] = kind(value) if kind is float else value
         opts = cls(**kw)
         opts._check()
         return opts
