@@ -298,11 +298,12 @@ def test_backfill_over_http_with_faults(ray_local, random_checkpoint, images, tm
         assert (label is None) == bool(cls)
         if error:
             assert "s3cretsig" not in error
-        table.setdefault(kind, {}).setdefault(outcome, 0)
-        table[kind][outcome] += 1
+        table.setdefault(kind, {}).setdefault(outcome, [0, error])
+        table[kind][outcome][0] += 1
 
     print(f"\nHTTP backfill {out['run_id']}: {counts['inputs']} inputs = {counts['predicted']} predicted + {counts['errors']} errors {counts['errors_by_class']}")
-    print(f"{'URL kind':<14}{'rows':>5}  outcome")
+    print(f"{'URL kind':<14}{'rows':>5}  {'outcome':<15}error (its message, host and port elided)")
     for kind, outcomes in table.items():
-        for outcome, n in outcomes.items():
-            print(f"{kind:<14}{n:>5}  {outcome}")
+        for outcome, (n, error) in outcomes.items():
+            message = (error or "").split(": ", 1)[-1].replace(f"http://127.0.0.1:{server.port}", "…")
+            print(f"{kind:<14}{n:>5}  {outcome:<15}{message[:110]}")
