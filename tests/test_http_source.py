@@ -203,10 +203,11 @@ def test_manifest_urls_pass_through_untouched(tmp_path):
     [
         ("storage.http.retries=-1", r"storage\.http\.retries=-1: must be >= 0"),
         ("storage.http.timeout=0", r"storage\.http\.timeout=0\.0: must be > 0"),
-        ("storage.http.max_concurrency=many", r"storage\.http\.max_concurrency='many': expected int"),
-        ("storage.http.per_host_concurrency=2.5", r"storage\.http\.per_host_concurrency=2\.5: expected int"),
+        ("storage.http.max_concurrency=many", r"storage\.http\.max_concurrency='many': expected an integer"),
+        ("storage.http.per_host_concurrency=2.5", r"storage\.http\.per_host_concurrency=2\.5: expected an integer"),
         ("storage.http.max_backoff=0.1", r"max_backoff=0\.1 is below storage\.http\.backoff=0\.5"),
         ("storage.http.ca_file=/nonexistent/ca.pem", r"ca_file='/nonexistent/ca.pem': no such file"),
+        ("storage.http.ca_file={tmp}/notes.pem", r"ca_file='.*/notes\.pem': not a PEM bundle"),
         ("+storage.http.timeuot=3", r"unknown storage\.http keys \['timeuot'\]; valid keys: \['timeout', 'connect_timeout'"),
     ],
 )
@@ -214,7 +215,8 @@ def test_manifest_urls_pass_through_untouched(tmp_path):
 def test_bad_http_options_fail_at_start(group, override, message, tmp_path):
     manifest = tmp_path / "manifest.csv"
     pa.csv.write_csv(pa.table({"image_id": ["a"], "uri": ["https://cdn.example.com/a.jpg"], "label": ["Bag"], "split": ["test"]}), manifest)
-    cfg = make_cfg("experiment=smoke", f"storage={group}", f"data.manifest={manifest}", override)
+    (tmp_path / "notes.pem").write_text("a text file, not certificates\n")
+    cfg = make_cfg("experiment=smoke", f"storage={group}", f"data.manifest={manifest}", override.format(tmp=tmp_path))
     with pytest.raises(ValueError, match=message):
         catalog_table(cfg["data"], cfg["storage"], split="test")
 
@@ -296,11 +298,12 @@ def test_backfill_over_http_with_faults(ray_local, random_checkpoint, images, tm
         assert (label is None) == bool(cls)
         if error:
             assert "s3cretsig" not in error
-        table.setdefault(kind, {}).setdefault(outcome, 0)
-        table[kind][outcome] += 1
+        table.setdefault(kind, {}).setdefault(outcome, [0, error])
+        table[kind][outcome][0] += 1
 
     print(f"\nHTTP backfill {out['run_id']}: {counts['inputs']} inputs = {counts['predicted']} predicted + {counts['errors']} errors {counts['errors_by_class']}")
-    print(f"{'URL kind':<14}{'rows':>5}  outcome")
+    print(f"{'URL kind':<14}{'rows':>5}  {'outcome':<15}error (its message, host and port elided)")
     for kind, outcomes in table.items():
-        for outcome, n in outcomes.items():
-            print(f"{kind:<14}{n:>5}  {outcome}")
+        for outcome, (n, error) in outcomes.items():
+            message = (error or "").split(": ", 1)[-1].replace(f"http://127.0.0.1:{server.port}", "…")
+            print(f"{kind:<14}{n:>5}  {outcome:<15}{message[:110]}")

@@ -26,13 +26,13 @@ from urllib.parse import urlsplit
 
 from ..images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError
 
-SCHEMES = ("http", "https")
 # 408 and 429 say "later"; 5xx are the server's or a proxy's trouble. Other 4xx will not change.
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 _CHUNK = 64 * 1024
 
 
 def is_http(uri: str) -> bool:
+    """``http://`` or ``https://``, in any case."""
     return uri[:8].lower().startswith(("http://", "https://"))
 
 
@@ -55,20 +55,24 @@ class HttpOptions:
     def from_dict(cls, d: Mapping[str, Any] | None) -> "HttpOptions":
         """Validate a config block; a bad key or value raises ``ValueError`` naming ``storage.http.<key>``."""
         d = dict(d or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
+        fields = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(d) - set(fields))
         if unknown:
-            raise ValueError(f"unknown storage.http keys {unknown}; valid keys: {list(fields)}")
+            raise ValueError(f"unknown storage.http keys {unknown}; valid keys: {fields}")
         kw: dict[str, Any] = {}
         for name, value in d.items():
-            if value is None and name == "ca_file":
+            if name == "ca_file" and value is None:
                 continue
-            want = int if name in ("retries", "per_host_concurrency", "max_concurrency", "max_bytes") else float
-            if name in ("user_agent", "ca_file"):
-                want = str
-            if isinstance(value, bool) or not isinstance(value, (int, float) if want is float else want):
-                raise ValueError(f"storage.http.{name}={value!r}: expected {'a number' if want is float else want.__name__}")
-            kw[name] = want(value)
+            kind = str if name == "ca_file" else type(getattr(cls, name))
+            if kind is str:
+                ok, want = isinstance(value, str), "a string"
+            elif kind is int:
+                ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
+            else:
+                ok, want = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+            if not ok:
+                raise ValueError(f"storage.http.{name}={value!r}: expected {want}")
+            kw[name] = kind(value) if kind is float else value
         opts = cls(**kw)
         opts._check()
         return opts
@@ -83,8 +87,13 @@ class HttpOptions:
                 raise ValueError(f"storage.http.{name}={v!r}: must be >= 0")
         if self.max_backoff < self.backoff:
             raise ValueError(f"storage.http.max_backoff={self.max_backoff} is below storage.http.backoff={self.backoff}")
-        if self.ca_file is not None and not os.path.isfile(self.ca_file):
-            raise ValueError(f"storage.http.ca_file={self.ca_file!r}: no such file on this machine (a PEM bundle of CA certificates; it must exist on every node)")
+        if self.ca_file is not None:
+            if not os.path.isfile(self.ca_file):
+                raise ValueError(f"storage.http.ca_file={self.ca_file!r}: no such file on this machine (a PEM bundle of CA certificates; it must exist on every node)")
+            try:
+                ssl.create_default_context().load_verify_locations(cafile=self.ca_file)
+            except ssl.SSLError as e:
+                raise ValueError(f"storage.http.ca_file={self.ca_file!r}: not a PEM bundle of CA certificates ({e})") from None
 
 
 def options(storage: Mapping[str, Any] | None) -> HttpOptions:
@@ -107,6 +116,7 @@ def fetch_many(urls: Sequence[str], opts: HttpOptions | None = None) -> list[byt
 
     Runs on one event loop in a daemon thread per process, so it works from synchronous code and
     from code already inside an event loop (Ray Serve), and keeps connections alive between calls.
+    The concurrency limits hold per process: threads calling at once share them.
     """
     if not urls:
         return []
@@ -153,7 +163,11 @@ class _Client:
     def __init__(self, opts: HttpOptions):
         import aiohttp
 
-        ctx = ssl.create_default_context(cafile=opts.ca_file) if opts.ca_file else True
+        ctx: ssl.SSLContext | bool = True
+        if opts.ca_file:
+            # Added to the system's CAs, not instead of them: a catalog may mix internal and public hosts.
+            ctx = ssl.create_default_context()
+            ctx.load_verify_locations(cafile=opts.ca_file)
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=opts.max_concurrency, limit_per_host=opts.per_host_concurrency, ssl=ctx),
             # identity: image bytes reach the decoder as stored, never a gzip bomb unpacked here.
