@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -26,12 +27,15 @@ from . import checkpoint as ckpt
 from . import storage as st
 from .data import catalog_table, decode_catalog, rows_per_block, to_dataset
 from .sink import commit_batch, committed_files, committed_ids, remove_stale_temp_files
-from .infer import DEVICES, DTYPES, Predictor, resolve_dtype
+from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
 
 log = logging.getLogger("catalog_vision")
 
 RUN_MANIFEST = "_run.json"
+# Each predictor host reports the dtype it runs (and, for dtype=auto, its measurements) here; the
+# run manifest's predictor section collects them and the folder is removed.
+PRECISION_REPORTS = "_precision"
 IF_NO_GPU = ("cpu", "wait", "error")
 DECODE_IN = ("auto", "tasks", "actors")
 
@@ -97,6 +101,9 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
                 "fetch_decode": in_actors,
                 "defer_jpeg": bool(p["jpeg_decode_on_device"]),
                 "tta": p.get("tta") or "none",
+                "batch_size": int(p["batch_size"]),
+                "dtype_cache_dir": p.get("dtype_cache_dir"),
+                "report_to": st.join(out, PRECISION_REPORTS),
             },
             compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"])),
             batch_size=int(p["batch_size"]),
@@ -120,6 +127,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         if cfg["ray"].get("log_stats"):
             log.info("Ray Data stats:\n%s", ds.stats())
     timings["pipeline_s"] = time.perf_counter() - t0
+    precision_reports = collect_reports(st.join(out, PRECISION_REPORTS), storage)
 
     this_run = count_files([r["file"] for r in receipts], storage)
     dead_letter = write_dead_letter([r["file"] for r in receipts], st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage) if this_run["errors"] else None
@@ -146,7 +154,15 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         "output": out,
         "dead_letter": dead_letter,
         "counts": counts,
-        "predictor": {**{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")}, "cpu_dtype": cpu_dtype(p["dtype"]), "decode_in": decode_in(p)},
+        "predictor": {
+            **{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")},
+            "decode_in": decode_in(p),
+            # What the actors ran, e.g. "float32" (several values: hosts that chose differently)
+            "resolved_dtype": ",".join(sorted({r["dtype"] for r in precision_reports})) or None,
+            # dtype=auto on CPU: the measured per-image times behind the choice, per host
+            "dtype_choice": next((r["auto"] for r in precision_reports if r.get("auto")), None),
+            "hosts": precision_reports,
+        },
         "stale_temp_files_removed": removed,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "images_per_s": round(done_now / max(1e-9, timings["pipeline_s"] - timings["plan_s"]), 1),
@@ -190,11 +206,19 @@ def decode_in(p: Mapping[str, Any]) -> str:
     return where
 
 
-def cpu_dtype(dtype: str) -> str:
-    """What ``dtype`` means on this (driver) host's CPU; GPU actors resolve ``auto`` themselves."""
-    import torch
-
-    return str(resolve_dtype(dtype, torch.device("cpu"))).replace("torch.", "")
+def collect_reports(folder: str, storage: Mapping[str, Any] | None = None) -> list[dict]:
+    """The predictor hosts' precision reports (see ``Predictor(report_to=...)``), then the folder goes."""
+    fs, path = st.resolve(folder, storage)
+    try:
+        files = sorted(f for f in fs.find(path) if f.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    reports = [json.loads(fs.cat_file(f)) for f in files]
+    for f in files:
+        fs.rm_file(f)
+    with contextlib.suppress(OSError):  # object stores have no empty folders to remove
+        fs.rmdir(path)
+    return reports
 
 
 def cluster_resource(name: str) -> float:
