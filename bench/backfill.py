@@ -233,18 +233,16 @@ def model_only(checkpoint: str, manifest: str, batch_size: int, dtype: str, root
     return n, best[0], best[1]
 
 
-def warm_precision_cache(checkpoint: str, p: dict) -> None:
-    """Make dtype=auto's once-per-host measurement before timing, as after a host's first run."""
-    if p["dtype"] != "auto":
-        return
+def choice_of(checkpoint: str, p: dict) -> str:
+    """What dtype=auto picks on this host for the predictor actors (their thread count, their batch)."""
     from catalog_vision.infer import Predictor
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(int(p.get("threads_per_actor") or threads))  # the actors' key
-    t = time.perf_counter()
-    choice = Predictor(checkpoint, device="cpu", dtype="auto", batch_size=int(p["batch_size"]), dtype_cache_dir=p.get("dtype_cache_dir")).dtype_choice
-    torch.set_num_threads(threads)
-    print(f"precision auto (not timed, {'cached' if choice['cached'] else f'measured in {time.perf_counter() - t:.1f}s'}): {choice['dtype']}: {choice['why']}", flush=True)
+    torch.set_num_threads(int(p.get("threads_per_actor") or threads))  # the actors' cache key
+    try:
+        return Predictor(checkpoint, device="cpu", dtype="auto", batch_size=int(p["batch_size"]), dtype_cache_dir=p.get("dtype_cache_dir")).dtype_choice["dtype"]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def host_description() -> str:
@@ -272,12 +270,14 @@ def main() -> None:
     ap.add_argument("--photo-images", type=int, default=1500, help="per photo workload")
     ap.add_argument("--bf16-images", type=int, default=None, help="cap on the images (b) + bf16 autocast runs on (default: all, "
                     "or 256 where bf16 is measured slower than float32: emulated bf16 runs at a few images/s)")
+    ap.add_argument("--methods", default="a,b,b16,c", help="which to run: a, b (float32), b16 (bf16 autocast), c; "
+                    "'vs best (b)' needs b and/or b16, 'of (c)' needs c")
     ap.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b)")
     ap.add_argument("--num-cpus", type=int, default=6, help="logical CPUs for the local Ray of (a)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for (a), e.g. predictor.max_actors=1")
     args = ap.parse_args()
-    workloads = args.workloads.split(",")
+    workloads, methods = args.workloads.split(","), args.methods.split(",")
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         raise SystemExit(f"--workloads: unknown {sorted(unknown)}; choose from {list(WORKLOADS)}")
@@ -312,34 +312,43 @@ def main() -> None:
                 f"predictor.checkpoint={checkpoint}", f"predictor.batch_size={batch}",
                 *args.overrides,
             )
-            warm_precision_cache(checkpoint, cfg["predictor"])
-            load = os.getloadavg()[0]
-            t = time.perf_counter()
-            out = backfill(cfg)
-            secs = time.perf_counter() - t
-            done = out["counts"]["predicted"] + out["counts"]["errors"]
-            pinfo = out["predictor"]
-            dtype = pinfo["resolved_dtype"]
-            choices[workload] = pinfo.get("dtype_choice")
-            print(f"[{workload}] catalog-vision timings: {out['timings']}, predictor {pinfo}", flush=True)
-            rows = [("(a) catalog-vision", done, secs, dtype, load)]
-            load = os.getloadavg()[0]
-            t = time.perf_counter()
-            k = plain_pytorch(manifest, checkpoint, root / "plain.parquet", batch, args.workers)
-            rows.append(("(b) plain PyTorch", k, time.perf_counter() - t, "float32", load))
-            cap = args.bf16_images
-            if cap is None and dtype != "bfloat16":
-                cap = 256
-            load = os.getloadavg()[0]
-            t = time.perf_counter()
-            k = plain_pytorch(manifest, checkpoint, root / "plain-bf16.parquet", batch, args.workers, bf16=True, limit=cap)
-            rows.append(("(b) + bf16 autocast", k, time.perf_counter() - t, "bfloat16", load))
-            load = os.getloadavg()[0]
-            k, secs, how = model_only(checkpoint, manifest, batch, dtype, root)
-            rows.append(("(c) model only", k, secs, f"{dtype}, {how}", load))
+            rows = []
+            dtype = cfg["predictor"]["dtype"]
+            if dtype == "auto":  # the once-per-host measurement, made before timing as after a host's first run
+                t = time.perf_counter()
+                dtype = choice_of(checkpoint, cfg["predictor"])
+                print(f"[{workload}] precision auto -> {dtype}, decided before timing ({time.perf_counter() - t:.1f}s)", flush=True)
+            if "a" in methods:
+                load = os.getloadavg()[0]
+                t = time.perf_counter()
+                out = backfill(cfg)
+                secs = time.perf_counter() - t
+                done = out["counts"]["predicted"] + out["counts"]["errors"]
+                pinfo = out["predictor"]
+                dtype = pinfo["resolved_dtype"]
+                choices[workload] = pinfo.get("dtype_choice")
+                print(f"[{workload}] catalog-vision timings: {out['timings']}, {out['images_per_s']} images/s in the pipeline, dtype {dtype}", flush=True)
+                rows.append(("(a) catalog-vision", done, secs, dtype, load))
+            if "b" in methods:
+                load = os.getloadavg()[0]
+                t = time.perf_counter()
+                k = plain_pytorch(manifest, checkpoint, root / "plain.parquet", batch, args.workers)
+                rows.append(("(b) plain PyTorch", k, time.perf_counter() - t, "float32", load))
+            if "b16" in methods:
+                cap = args.bf16_images
+                if cap is None and dtype != "bfloat16":
+                    cap = 256
+                load = os.getloadavg()[0]
+                t = time.perf_counter()
+                k = plain_pytorch(manifest, checkpoint, root / "plain-bf16.parquet", batch, args.workers, bf16=True, limit=cap)
+                rows.append(("(b) + bf16 autocast", k, time.perf_counter() - t, "bfloat16", load))
+            if "c" in methods:
+                load = os.getloadavg()[0]
+                k, secs, how = model_only(checkpoint, manifest, batch, dtype, root)
+                rows.append(("(c) model only", k, secs, f"{dtype}, {how}", load))
         rate = {m: k / s for m, k, s, _, _ in rows}
-        rb = max(rate["(b) plain PyTorch"], rate["(b) + bf16 autocast"])
-        rc = rate["(c) model only"]
+        rb = max([r for m, r in rate.items() if m.startswith("(b)")] or [float("nan")])
+        rc = rate.get("(c) model only", float("nan"))
         results += [(workload, m, k, s, k / s, k / s / rb, k / s / rc, note, ld) for m, k, s, note, ld in rows]
     ray.shutdown()
     print(f"\n{'workload':<9} {'method':<21} {'images':>8} {'seconds':>8} {'images/s':>9} {'vs best (b)':>11} {'of (c)':>7} {'load':>5}  precision")
