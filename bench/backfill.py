@@ -346,6 +346,8 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 k, secs, how = model_only(checkpoint, manifest, batch, dtype, root)
                 rows.append(("(c) model only", k, secs, f"{dtype}, {how}", load))
+            for m, k, secs, note, ld in rows:
+                print(f"[{workload}] {m}: {k} images in {secs:.1f}s = {k / secs:.1f} images/s ({note}; load {ld:.2f})", flush=True)
         rate = {m: k / s for m, k, s, _, _ in rows}
         rb = max([r for m, r in rate.items() if m.startswith("(b)")] or [float("nan")])
         rc = rate.get("(c) model only", float("nan"))
