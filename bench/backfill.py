@@ -290,6 +290,11 @@ def main() -> None:
     setup_logging()
     command = "python bench/backfill.py " + " ".join(sys.argv[1:])
     print(f"$ {command}\nload average before: {os.getloadavg()[0]:.2f}", flush=True)
+    # Ray starts its workers at nice 15 (RAY_worker_niceness) so drivers stay responsive. On a
+    # machine shared with other users that alone starves (a)'s actors against (b), which runs at
+    # this script's priority: measured here, the actors got ~20% of a core each at load 10. Same
+    # priority for both, unless the caller set it.
+    os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     # A running cluster has Ray Data's detached stats actor from earlier jobs; start it before timing.
@@ -357,7 +362,8 @@ def main() -> None:
     for w, m, n, secs, r, vb, vc, note, ld in results:
         print(f"{w:<9} {m:<21} {n:>8} {secs:>8.1f} {r:>9.1f} {vb:>10.2f}x {vc:>6.0%} {ld:>5.2f}  {note}")
     print(f"\nhost: {host_description()}")
-    print(f"(a) on Ray {ray.__version__} with num_cpus={args.num_cpus}, overrides {args.overrides or 'none'}")
+    print(f"(a) on Ray {ray.__version__} with num_cpus={args.num_cpus}, worker niceness {os.environ['RAY_worker_niceness']} "
+          f"(this script's: {os.nice(0)}), overrides {args.overrides or 'none'}")
     for w, c in choices.items():
         if c:
             print(f"(a) [{w}] predictor.dtype=auto chose {c['dtype']}: {c['why']}")
