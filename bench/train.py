@@ -37,14 +37,15 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batc
     (``catalog_vision.train.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
     and schedule)."""
     from catalog_vision.models import build_model
-    from catalog_vision.train import Step, _lap, make_optimizer, make_scheduler, seed_everything
+    from catalog_vision.train import Step, _lap, make_optimizer, make_scheduler, seed_everything, train_precision
 
     t = cfg["trainer"]
     classes = cfg["data"]["classes"]
     seed_everything(0)
     counts = np.bincount(y, minlength=len(classes)).tolist()
-    step = Step(t, "multiclass", len(classes), cfg["data"]["preprocessing"]["image_size"], counts, len(y), torch.device("cpu"))
     model = build_model(cfg["model"], len(classes), cfg["data"]["preprocessing"]).to(memory_format=torch.channels_last)
+    amp_dtype, _ = train_precision(t, model, cfg["model"], cfg["data"]["preprocessing"], torch.device("cpu"), rank=0)
+    step = Step(t, "multiclass", len(classes), cfg["data"]["preprocessing"]["image_size"], counts, len(y), torch.device("cpu"), amp_dtype)
     opt = make_optimizer(model.parameters(), t)
     steps = len(x) // global_batch
     sched = make_scheduler(opt, t, steps)

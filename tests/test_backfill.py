@@ -54,6 +54,7 @@ def test_local_backfill_with_corrupt_inputs(local_catalog, random_checkpoint, tm
         f"paths.root={tmp_path}",
         f"data.manifest={manifest_uri}",
         f"predictor.checkpoint={random_checkpoint}",
+        f"predictor.dtype_cache_dir={tmp_path / 'precision-cache'}",
         "+storage.aws_secret_access_key=sneaky-value",
     )
     out = backfill(cfg)
@@ -73,6 +74,12 @@ def test_local_backfill_with_corrupt_inputs(local_catalog, random_checkpoint, tm
     run = json.loads((Path(out["output"]) / "_run.json").read_text())
     assert run["counts"] == out["counts"] and "sneaky-value" not in json.dumps(run)
     assert run["config"]["storage"]["aws_secret_access_key"] == "***"
+    # dtype=auto: the actors timed the model here and the manifest says what they chose and why.
+    pred = run["predictor"]
+    assert pred["dtype"] == "auto" and pred["resolved_dtype"] == pred["dtype_choice"]["dtype"]
+    assert set(pred["dtype_choice"]["seconds_per_image"]) == {"float32", "bfloat16"}
+    assert [h["device"] for h in pred["hosts"]] == ["cpu"]
+    assert not (Path(out["output"]) / "_precision").exists()  # the per-host reports are folded in
 
     # Offline == direct: the same checkpoint on the same bytes gives the same label and score.
     predictor = Predictor(random_checkpoint, topk=5)

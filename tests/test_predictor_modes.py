@@ -13,7 +13,7 @@ from PIL import Image
 from catalog_vision.backfill import backfill
 from catalog_vision.backfill import check_predictor, effective_predictor
 from catalog_vision.data import fetch_and_decode
-from catalog_vision.infer import Predictor, cpu_has_native_bf16, resolve_dtype
+from catalog_vision.infer import Predictor
 from conftest import make_cfg
 
 
@@ -21,13 +21,6 @@ def jpeg(im: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=90, **kw)
     return buf.getvalue()
-
-
-def test_dtype_auto_resolves_by_hardware():
-    assert resolve_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
-    assert resolve_dtype("float32", torch.device("cpu")) == torch.float32
-    with pytest.raises(ValueError, match="auto.*bfloat16.*float16.*float32"):
-        resolve_dtype("int8", torch.device("cpu"))
 
 
 def test_bfloat16_agrees_with_float32(random_checkpoint, local_catalog):

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import logging
@@ -26,12 +27,15 @@ from . import checkpoint as ckpt
 from . import storage as st
 from .data import catalog_table, decode_catalog, rows_per_block, to_dataset
 from .sink import commit_batch, committed_files, committed_ids, remove_stale_temp_files
-from .infer import DEVICES, DTYPES, Predictor, resolve_dtype
+from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
 
 log = logging.getLogger("catalog_vision")
 
 RUN_MANIFEST = "_run.json"
+# Each predictor host reports the dtype it runs (and, for dtype=auto, its measurements) here; the
+# run manifest's predictor section collects them and the folder is removed.
+PRECISION_REPORTS = "_precision"
 IF_NO_GPU = ("cpu", "wait", "error")
 DECODE_IN = ("auto", "tasks", "actors")
 
@@ -75,9 +79,13 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     log.info("backfill %s: %d images in the catalog, %d already labeled by %s, %d to do", run_id, len(ids), skipped, model_id, len(ids) - skipped)
     receipts = []
     if skipped < len(ids):
-        ds = to_dataset(todo, rows_per_block(data, meta["preprocessing"]))
         # [2] Fetch + decode on CPU tasks, or in the predictor actors (decode_in=actors).
         in_actors = decode_in(p) == "actors"
+        # Decoding in the actors, a block is catalog rows (bytes of metadata): one block per model
+        # batch, so each actor task is exactly one batch. Blocks sized by decoded bytes instead
+        # (55 rows at 224x224 RGB) were bundled two at a time into 110-row tasks, a 64 + 46 batch
+        # pair: a partial batch per task and work handed out in coarse pieces.
+        ds = to_dataset(todo, int(p["batch_size"]) if in_actors else rows_per_block(data, meta["preprocessing"]))
         if not in_actors:
             ds = decode_catalog(ds, data, meta["preprocessing"], storage, defer_jpeg=bool(p["jpeg_decode_on_device"]))
         # [3] Predict in an actor pool.
@@ -97,8 +105,11 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
                 "fetch_decode": in_actors,
                 "defer_jpeg": bool(p["jpeg_decode_on_device"]),
                 "tta": p.get("tta") or "none",
+                "batch_size": int(p["batch_size"]),
+                "dtype_cache_dir": p.get("dtype_cache_dir"),
+                "report_to": st.join(out, PRECISION_REPORTS),
             },
-            compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"])),
+            compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"]), max_tasks_in_flight_per_actor=tasks_in_flight(p)),
             batch_size=int(p["batch_size"]),
             batch_format="numpy",
             num_gpus=float(p["num_gpus"]),
@@ -120,6 +131,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         if cfg["ray"].get("log_stats"):
             log.info("Ray Data stats:\n%s", ds.stats())
     timings["pipeline_s"] = time.perf_counter() - t0
+    precision_reports = collect_reports(st.join(out, PRECISION_REPORTS), storage)
 
     this_run = count_files([r["file"] for r in receipts], storage)
     dead_letter = write_dead_letter([r["file"] for r in receipts], st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage) if this_run["errors"] else None
@@ -146,7 +158,15 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         "output": out,
         "dead_letter": dead_letter,
         "counts": counts,
-        "predictor": {**{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")}, "cpu_dtype": cpu_dtype(p["dtype"]), "decode_in": decode_in(p)},
+        "predictor": {
+            **{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")},
+            "decode_in": decode_in(p),
+            # What the actors ran, e.g. "float32" (several values: hosts that chose differently)
+            "resolved_dtype": ",".join(sorted({r["dtype"] for r in precision_reports})) or None,
+            # dtype=auto on CPU: the measured per-image times behind the choice, per host
+            "dtype_choice": next((r["auto"] for r in precision_reports if r.get("auto")), None),
+            "hosts": precision_reports,
+        },
         "stale_temp_files_removed": removed,
         "timings": {k: round(v, 2) for k, v in timings.items()},
         "images_per_s": round(done_now / max(1e-9, timings["pipeline_s"] - timings["plan_s"]), 1),
@@ -190,11 +210,29 @@ def decode_in(p: Mapping[str, Any]) -> str:
     return where
 
 
-def cpu_dtype(dtype: str) -> str:
-    """What ``dtype`` means on this (driver) host's CPU; GPU actors resolve ``auto`` themselves."""
-    import torch
+def collect_reports(folder: str, storage: Mapping[str, Any] | None = None) -> list[dict]:
+    """The predictor hosts' precision reports (see ``Predictor(report_to=...)``), then the folder goes."""
+    fs, path = st.resolve(folder, storage)
+    try:
+        files = sorted(f for f in fs.find(path) if f.endswith(".json"))
+    except FileNotFoundError:
+        return []
+    reports = [json.loads(fs.cat_file(f)) for f in files]
+    for f in files:
+        fs.rm_file(f)
+    with contextlib.suppress(OSError):  # object stores have no empty folders to remove
+        fs.rmdir(path)
+    return reports
 
-    return str(resolve_dtype(dtype, torch.device("cpu"))).replace("torch.", "")
+
+def tasks_in_flight(p: Mapping[str, Any]) -> int | None:
+    """Tasks queued per predictor actor. Decoding in the actors, a queued task is only catalog rows
+    (nothing expensive to prefetch), and every queued task is pinned to its actor: at the end of a
+    run the other actors idle while it drains (Ray Data's default of 4 in flight: up to three 64-image
+    resnet18 batches, ~15 s on one core of the build machine). One queued behind the running one
+    keeps the dispatch round trip off the actor's critical path for short (small-image) batches.
+    With separate decode tasks, queued tasks hold decoded batches ready: Ray's default."""
+    return 2 if decode_in(p) == "actors" else None
 
 
 def cluster_resource(name: str) -> float:

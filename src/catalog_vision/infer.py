@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from . import checkpoint as ckpt
+from . import precision
 from .data import fetch_and_decode, is_error
 from .images import ImageError, Preprocessing, decode, error_string, fit_box, pad_color
 
@@ -56,22 +57,27 @@ def resolve_device(device: str) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: bfloat16 matmuls/convs run natively (about 2x float32 on this class of CPU)."""
+    """AVX512-BF16 or AMX present: reported in benchmarks; ``dtype: auto`` measures instead (see :mod:`.precision`)."""
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
     except (AttributeError, RuntimeError):
         return False
 
 
-def resolve_dtype(dtype: str, device: torch.device, setting: str = "predictor.dtype") -> torch.dtype:
-    """``auto``: float16 on CUDA (bfloat16 where supported), bfloat16 on CPUs with native bf16, else float32."""
+def check_dtype(dtype: str, setting: str = "predictor.dtype") -> None:
     if dtype not in DTYPES:
         raise ValueError(f"{setting}={dtype!r}; choose one of {sorted(DTYPES)}")
+
+
+def resolve_dtype(dtype: str, device: torch.device, setting: str = "predictor.dtype", measure: Callable[[], torch.dtype] | None = None) -> torch.dtype:
+    """``auto``: on CUDA bfloat16 where supported, else float16; on CPU ``measure()`` (the faster of
+    float32 and bfloat16 on this host, :mod:`.precision`), or float32 when nothing can be measured."""
+    check_dtype(dtype, setting)
     if dtype != "auto":
         return DTYPES[dtype]
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    return measure() if measure is not None else torch.float32
 
 
 def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
@@ -95,7 +101,12 @@ def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
 
 
 class Predictor:
-    """Callable class for ``map_batches``: loads the checkpoint once, predicts per batch."""
+    """Callable class for ``map_batches``: loads the checkpoint once, predicts per batch.
+
+    ``batch_size`` is the batch the caller will send: ``dtype="auto"`` on CPU times the model at that
+    input shape; ``dtype_cache_dir`` holds such decisions per host (:mod:`.precision`). With
+    ``report_to`` (a folder URI), each host writes there which dtype it runs and why: the backfill
+    folds those reports into its run manifest."""
 
     def __init__(
         self,
@@ -113,6 +124,9 @@ class Predictor:
         fetch_decode: bool = False,
         defer_jpeg: bool = False,
         tta: str = "none",
+        batch_size: int = 512,
+        dtype_cache_dir: str | None = None,
+        report_to: str | None = None,
     ):
         if tta not in TTA:
             raise ValueError(f"predictor.tta={tta!r}; choose one of {list(TTA)}")
@@ -120,12 +134,16 @@ class Predictor:
         if num_threads:
             torch.set_num_threads(int(num_threads))
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        check_dtype(dtype)
         self.loaded = ckpt.load(checkpoint, storage, device=self.device)
         self.model = self.loaded.model
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
+        self.spec = Preprocessing.from_dict(self.loaded.preprocessing)
+        # How dtype=auto was decided on CPU (measured or cached figures); None when not measured.
+        self.dtype_choice: dict | None = None
+        self.dtype = resolve_dtype(dtype, self.device, measure=lambda: self._measure_dtype(batch_size, dtype_cache_dir))
         self.pin_memory = bool(pin_memory) and self.device.type == "cuda"
         self.classes = list(self.loaded.classes)
         # Multi-label checkpoints: sigmoid scores, and every label above its validation-chosen threshold.
@@ -138,12 +156,33 @@ class Predictor:
         self.run_id = run_id
         self.embedding_dim = self.model.num_features
         self.schema = predictions_schema(self.embedding_dim)
-        self.spec = Preprocessing.from_dict(self.loaded.preprocessing)
         # fetch_decode: batches arrive as catalog rows (image_id, uri, label) and this actor fetches
         # and decodes them itself (backfill with data.decode_in=actors).
         self.fetch_decode = fetch_decode
         self.defer_jpeg = defer_jpeg
         self.storage = dict(storage or {})
+        if report_to:
+            self._report(report_to)
+
+    def _report(self, folder: str) -> None:
+        import socket
+
+        from . import storage as st
+
+        host = socket.gethostname()
+        report = {"host": host, "device": self.device.type, "dtype": precision.dtype_name(self.dtype), "auto": self.dtype_choice}
+        # One file per host and device: the actors of one host agree, so they may overwrite each other.
+        st.write_json(st.join(folder, f"{host}-{self.device.type}.json"), report, self.storage)
+
+    def _measure_dtype(self, batch_size: int, cache_dir: str | None) -> torch.dtype:
+        import json
+
+        shape = self.spec.shape
+        n = precision.probe_batch(batch_size, shape)
+        model_key = json.dumps(self.loaded.meta["model"], sort_keys=True)
+        timer = precision.inference_timer(self.model, n, shape, self.channels_last)
+        self.dtype_choice = precision.measured_dtype("inference", model_key, shape, n, timer, cache_dir)
+        return precision.DTYPE_BY_NAME[self.dtype_choice["dtype"]]
 
     def _autocast(self):
         if self.dtype == torch.float32:

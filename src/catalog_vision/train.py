@@ -60,9 +60,9 @@ def check_trainer(t: Mapping[str, Any], task: str) -> None:
     if int(t.get("accumulate_steps", 1)) < 1:
         raise ValueError(f"trainer.accumulate_steps={t.get('accumulate_steps')!r}; must be >= 1")
     transforms.build(t.get("augment"), (8, 8))  # validates the preset name
-    from .infer import resolve_dtype
+    from .infer import check_dtype
 
-    resolve_dtype(t.get("precision", "auto"), torch.device("cpu"), "trainer.precision")
+    check_dtype(t.get("precision", "auto"), "trainer.precision")
 
 
 def monitor_of(t: Mapping[str, Any], task: str) -> tuple[str, str]:
@@ -121,11 +121,9 @@ def class_weights(counts: list[int], task: str, rows: int) -> torch.Tensor:
 class Step:
     """One worker's recipe: loss, autocast, gradient scaling/accumulation, augmentation, mixing."""
 
-    def __init__(self, t: Mapping[str, Any], task: str, num_classes: int, image_size, counts: list[int], rows: int, device):
-        from .infer import resolve_dtype
-
+    def __init__(self, t: Mapping[str, Any], task: str, num_classes: int, image_size, counts: list[int], rows: int, device, amp_dtype: torch.dtype = torch.float32):
         self.t, self.task, self.device, self.num_classes = t, task, device, num_classes
-        self.amp_dtype = resolve_dtype(t.get("precision", "auto"), device, "trainer.precision")
+        self.amp_dtype = amp_dtype  # see train_precision
         self.scaler = torch.amp.GradScaler(device.type) if self.amp_dtype == torch.float16 else None
         self.accumulate = int(t.get("accumulate_steps", 1))
         self.augment = transforms.build(t.get("augment"), image_size)
@@ -289,6 +287,36 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def train_precision(t: Mapping[str, Any], model: torch.nn.Module, model_cfg: Mapping[str, Any], preprocessing: Mapping[str, Any],
+                    device: torch.device, rank: int) -> tuple[torch.dtype, dict | None]:
+    """``trainer.precision`` for this run, and for ``auto`` on CPU the measurement behind it.
+
+    Rank 0 times forward+backward in float32 and bfloat16 (:mod:`.precision`) and broadcasts the
+    choice: every DDP worker must autocast alike, and per-rank timings could disagree."""
+    import json
+
+    from . import precision
+    from .images import Preprocessing
+    from .infer import resolve_dtype
+
+    choice: dict | None = None
+
+    def measure() -> torch.dtype:
+        nonlocal choice
+        if rank == 0:
+            shape = Preprocessing.from_dict(preprocessing).shape
+            n = precision.probe_batch(int(t["batch_size"]), shape)
+            timer = precision.training_timer(model, n, shape)
+            choice = precision.measured_dtype("training", json.dumps(dict(model_cfg), sort_keys=True), shape, n, timer, t.get("precision_cache_dir"))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            box = [choice]
+            torch.distributed.broadcast_object_list(box, src=0)
+            choice = box[0]
+        return precision.DTYPE_BY_NAME[choice["dtype"]]
+
+    return resolve_dtype(t.get("precision", "auto"), device, "trainer.precision", measure=measure), choice
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -302,8 +330,6 @@ def train_loop_per_worker(config: dict) -> None:
         torch.set_num_threads(int(t["threads_per_worker"]))
     device = ray.train.torch.get_device()
     classes = config["classes"]
-    step = Step(t, task, len(classes), config["preprocessing"]["image_size"], config["class_counts"], config["train_rows"], device)
-
     inner = build_model({**config["model"], "pretrained": None}, len(classes), config["preprocessing"])
     if config.get("pretrained") is not None:  # resolved on the driver; workers may have no cache or internet
         info, data = config["pretrained"]
@@ -311,6 +337,10 @@ def train_loop_per_worker(config: dict) -> None:
         if rank == 0:
             print(f"backbone starts from model.pretrained={info['pretrained']} ({info['source']}); not used: {unused}", flush=True)
     inner = inner.to(device, memory_format=torch.channels_last)
+    amp_dtype, choice = train_precision(t, inner, config["model"], config["preprocessing"], device, rank)
+    if rank == 0 and choice:
+        print(f"trainer.precision=auto -> {choice['dtype']} ({'cached: ' if choice['cached'] else ''}{choice['why']})", flush=True)
+    step = Step(t, task, len(classes), config["preprocessing"]["image_size"], config["class_counts"], config["train_rows"], device, amp_dtype)
     optimizer = make_optimizer(inner.parameters(), t)
     steps_per_epoch = max(1, config["train_rows"] // (world * t["batch_size"] * step.accumulate))
     scheduler = make_scheduler(optimizer, t, steps_per_epoch)

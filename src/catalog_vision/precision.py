@@ -1,0 +1,203 @@
+"""``dtype: auto`` on CPU: the faster of float32 and bfloat16 autocast, measured on the host.
+
+CPU flags do not predict it. Without AVX512-BF16, bf16 is emulated (resnet18 at 7x float32's time
+on an AMD EPYC without AVX-512); with AVX512-BF16 but no AMX it can still lose to float32 for some
+models and shapes, while on other models it is 2.5x faster. So the real model is timed at the real
+input shape, in both, and bf16 is kept only when clearly faster (``MARGIN``). A decision is cached
+per host in a small JSON file keyed by CPU model, torch version, model, input shape and threads, so
+each host pays for the measurement (a few seconds) once, not every actor of every run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+log = logging.getLogger("catalog_vision")
+
+CANDIDATES = (torch.float32, torch.bfloat16)
+DTYPE_BY_NAME = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# bf16 must beat float32 by this fraction: a tie goes to the exact arithmetic.
+MARGIN = 0.10
+# Images per timed call: the real batch, but capped at about 1 MiB of uint8 pixels (8 for 224x224
+# RGB) so that an emulated-bf16 host spends seconds, not minutes, finding out.
+PROBE_BYTES = 2**20
+CACHE_FILE = "precision.json"
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def pick_faster(seconds_of: Callable[[torch.dtype], float], margin: float = MARGIN) -> tuple[torch.dtype, dict[str, float]]:
+    """Time each candidate with ``seconds_of(dtype)`` (lower is faster); bfloat16 only when it takes
+    less than float32 by more than ``margin``. Returns the choice and the times by dtype name."""
+    times = {dtype_name(d): float(seconds_of(d)) for d in CANDIDATES}
+    faster = times["bfloat16"] * (1.0 + margin) < times["float32"]
+    return (torch.bfloat16 if faster else torch.float32), times
+
+
+def probe_batch(batch_size: int, shape: tuple[int, ...]) -> int:
+    """Images per timed call for inputs of ``shape`` (C, H, W) and a real batch of ``batch_size``."""
+    per_image = max(1, int(torch.tensor(shape).prod()))
+    return max(1, min(int(batch_size), max(4, PROBE_BYTES // per_image)))
+
+
+def _autocast(dtype: torch.dtype):
+    return contextlib.nullcontext() if dtype == torch.float32 else torch.autocast("cpu", dtype=dtype)
+
+
+class _Clock:
+    """The fastest of up to ``iters`` timed calls (the least disturbed by other processes), after
+    ``warmup`` calls (oneDNN builds its kernels on the first); stops early once ``budget_s`` is spent.
+
+    A candidate whose warm-up call already takes 3x the first candidate's is clearly slower (emulated
+    bf16: 7x): its warm-up time stands as its figure, sparing seconds of timed calls."""
+
+    def __init__(self, warmup: int, iters: int, budget_s: float):
+        self.warmup, self.iters, self.budget_s = max(1, warmup), iters, budget_s
+        self.first_warmup: float | None = None
+
+    def __call__(self, step: Callable[[], Any]) -> float:
+        t = time.perf_counter()
+        for _ in range(self.warmup):
+            step()
+        warm = (time.perf_counter() - t) / self.warmup
+        if self.first_warmup is None:
+            self.first_warmup = warm
+        elif warm > 3 * self.first_warmup:
+            return warm
+        return _best_time(step, self.iters, self.budget_s)
+
+
+def _best_time(step: Callable[[], Any], iters: int, budget_s: float) -> float:
+    best, spent = float("inf"), 0.0
+    for _ in range(iters):
+        t = time.perf_counter()
+        step()
+        dt = time.perf_counter() - t
+        best, spent = min(best, dt), spent + dt
+        if spent > budget_s:
+            break
+    return best
+
+
+def _pixels(n: int, shape: tuple[int, ...], channels_last: bool) -> torch.Tensor:
+    # Its own generator: measuring must not move the caller's random stream (training seeds weights).
+    x = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+def inference_timer(model: torch.nn.Module, n: int, shape: tuple[int, ...], channels_last: bool = True,
+                    warmup: int = 1, iters: int = 3, budget_s: float = 1.0) -> Callable[[torch.dtype], float]:
+    """``seconds_of(dtype)`` for :func:`pick_faster`: the model's forward (features + head, as the
+    predictor calls it) on ``n`` images of ``shape``, per image."""
+    x = _pixels(n, shape, channels_last)
+    clock = _Clock(warmup, iters, budget_s)
+
+    @torch.inference_mode()
+    def seconds_of(dtype: torch.dtype) -> float:
+        def step():
+            with _autocast(dtype):
+                model.forward_head(model.forward_features(x)).float()
+
+        return clock(step) / n
+
+    return seconds_of
+
+
+def training_timer(model: torch.nn.Module, n: int, shape: tuple[int, ...], channels_last: bool = True,
+                   warmup: int = 1, iters: int = 3, budget_s: float = 2.0) -> Callable[[torch.dtype], float]:
+    """``seconds_of(dtype)`` for :func:`pick_faster`: forward + backward of a copy of ``model`` (the
+    real one keeps its gradients and batch-norm statistics untouched), per image."""
+    probe = copy.deepcopy(model).train()
+    x = _pixels(n, shape, channels_last)
+    clock = _Clock(warmup, iters, budget_s)
+
+    def seconds_of(dtype: torch.dtype) -> float:
+        def step():
+            with _autocast(dtype):
+                out = probe(x)
+            out.float().square().mean().backward()
+            probe.zero_grad(set_to_none=True)
+
+        # Dropout draws from the global generator: measuring must not move the run's seeded stream.
+        with torch.random.fork_rng(devices=[]):
+            return clock(step) / n
+
+    return seconds_of
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("CATALOG_VISION_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "catalog-vision")
+
+
+def measured_dtype(purpose: str, model_key: str, shape: tuple[int, ...], n: int, seconds_of: Callable[[torch.dtype], float],
+                   cache_dir: str | os.PathLike | None = None) -> dict:
+    """The cached decision for this host, model and input, or a new measurement (then cached).
+
+    Returns ``{"dtype", "seconds_per_image": {dtype: s}, "why", "key", "cached"}``; ``purpose`` is
+    ``inference`` or ``training``. A cache that cannot be read or written only costs a measurement.
+    """
+    key = {
+        "purpose": purpose,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "model": model_key,
+        "input": [n, *shape],
+        "threads": torch.get_num_threads(),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) if cache_dir else default_cache_dir()
+    cache = path / CACHE_FILE
+    try:
+        entry = json.loads(cache.read_text()).get(digest)
+    except (OSError, ValueError, AttributeError):
+        entry = None
+    if entry:
+        return {**entry, "cached": True}
+    t = time.perf_counter()
+    chosen, times = pick_faster(seconds_of)
+    name = dtype_name(chosen)
+    why = (
+        f"{purpose} of {n}x{'x'.join(map(str, shape))} on {key['threads']} thread(s): "
+        + ", ".join(f"{d} {1000 * s:.2f} ms/image" for d, s in times.items())
+        + f"; bfloat16 is kept only when >{MARGIN:.0%} faster (measured in {time.perf_counter() - t:.1f}s)"
+    )
+    entry = {"dtype": name, "seconds_per_image": times, "why": why, "key": key}
+    log.info("precision auto -> %s (%s)", name, why)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        try:
+            data = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            data = {}
+        data[digest] = entry
+        tmp = cache.with_name(f".{CACHE_FILE}.{os.getpid()}")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        os.replace(tmp, cache)  # atomic: actors on one host may write at the same time
+    except OSError as e:
+        log.warning("precision cache %s not written (%s): the next start measures again", cache, e)
+    return {**entry, "cached": False}
