@@ -43,7 +43,8 @@ def test_photos_in_class_folders_to_labeled_parquet(photo_catalog, ray_local, ca
     assert summary["images"] == manifest.num_rows == photos["photos"]
     assert summary["groups"]["groups"] == photos["products"] and summary["groups"]["spanning_splits"] == 0
     assert summary["read"]["skipped_by_extension"].get(".heic") == 1 and summary["read"]["skipped_by_extension"].get(".csv") == 2
-    leaf = sorted({c.rsplit("/", 1)[-1] for c in photos["classes"]})
+    leaf = sorted({c.rsplit("/", 1)[-1] for c in photos["products_per_class"]})
+    assert len(leaf) == photos["classes"]
     assert sorted(summary["per_class"]) == leaf
 
     # [2] Train: classes come from the manifest, RGB photos centre-cropped, stored in the checkpoint.
