@@ -20,6 +20,21 @@ def test_build_gray_models(name, embed):
     torch.testing.assert_close(model(x), logits)
 
 
+def test_small_vgg_stages_for_photos():
+    """More stages (stages=5 convs=1, experiment=photos) pool a 64x64 photo down to 4x4 before the
+    global pool; the default layout's parameter names stay those of older checkpoints."""
+    rgb = {"channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3, "image_size": [64, 64]}
+    model = build_model({"name": "small_vgg", "stages": 5, "convs": 1}, 10, rgb).eval()
+    pooled = model.backbone[:-2](torch.zeros(1, 3, 64, 64))
+    assert pooled.shape == (1, 128, 4, 4)
+    assert model.forward_features(torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)).shape == (2, 128)
+    default = build_model({"name": "small_vgg"}, 10, GRAY).backbone.state_dict()
+    assert [k for k in default if k.endswith("weight")][:4] == ["0.weight", "1.weight", "3.weight", "4.weight"]
+    assert default["11.weight"].shape == (64, 64, 3, 3) and len(default) == 36
+    with pytest.raises(ValueError, match="stages >= 1"):
+        build_model({"name": "small_vgg", "stages": 0}, 10, GRAY)
+
+
 def test_unknown_model_lists_choices():
     with pytest.raises(ValueError) as e:
         build_model({"name": "resnet1000"}, 10, GRAY)

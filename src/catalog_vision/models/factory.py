@@ -37,21 +37,27 @@ def small_cnn(in_chans: int, embed_dim: int = 128, width: int = 32, **_: Any) ->
     return backbone, embed_dim
 
 
-def small_vgg(in_chans: int, width: int = 32, dropout2d: float = 0.1, **_: Any) -> tuple[nn.Module, int]:
-    """Three VGG stages (two 3x3 conv+BN+ReLU each, widths w, 2w, 4w), global average pooling.
+def small_vgg(in_chans: int, width: int = 32, dropout2d: float = 0.1, stages: int = 3, convs: int = 2, **_: Any) -> tuple[nn.Module, int]:
+    """VGG stages of ``convs`` 3x3 conv+BN+ReLU each (widths w, 2w, 4w, 4w, ...), a 2x2 max-pool
+    between stages, global average pooling. Embedding = the last stage's width.
 
-    The accuracy recipe for 28x28 catalogs: ~0.29M parameters at width 32, ~810 training images/s
-    per CPU core in bfloat16 on this machine (3x the compute of ``small_cnn``). Embedding = 4w.
+    The defaults (3 stages of 2 convs) are the accuracy recipe for 28x28 catalogs: ~0.29M
+    parameters at width 32, 3x the compute of ``small_cnn``. Photos at 64x64 want more stages (a
+    receptive field that covers the item) and fewer convs each (cost): ``stages=5 convs=1``.
     """
-    w = width
-    backbone = nn.Sequential(
-        *_conv_bn(in_chans, w), *_conv_bn(w, w), nn.MaxPool2d(2), nn.Dropout(dropout2d),
-        *_conv_bn(w, 2 * w), *_conv_bn(2 * w, 2 * w), nn.MaxPool2d(2), nn.Dropout(dropout2d),
-        *_conv_bn(2 * w, 4 * w), *_conv_bn(4 * w, 4 * w),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-    )  # fmt: skip
-    return backbone, 4 * w
+    if stages < 1 or convs < 1:
+        raise ValueError(f"small_vgg needs stages >= 1 and convs >= 1, got stages={stages} convs={convs}")
+    layers: list[nn.Module] = []
+    cin = in_chans
+    for i in range(stages):
+        cout = width * 2 ** min(i, 2)
+        for _ in range(convs):
+            layers += _conv_bn(cin, cout)
+            cin = cout
+        if i < stages - 1:
+            layers += [nn.MaxPool2d(2), nn.Dropout(dropout2d)]
+    backbone = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    return backbone, cin
 
 
 def _torchvision(name: str) -> Callable[..., tuple[nn.Module, int]]:
