@@ -147,7 +147,19 @@ def test_nested_class_folders_on_s3(s3_tree, level, expected):
     assert report["files"] == len(labels) + 5 and report["images"] == len(labels) + 1
     assert table.column("uri")[0].as_py().startswith(root + "/")
     groups = Counter(g for g in table.column("group").to_pylist() if g)
-    assert len(groups) == len(labels) // 2 and set(groups.values()) == {2}
+    assert len(groups) == len(labels) // 2 and set(groups.values()) == {2} and "shirt000" in groups
+
+
+def test_a_product_filed_under_two_classes_is_one_group_in_one_split(tmp_path):
+    for key in ("apparel/dress/SKU7-1.jpg", "accessories/bag/SKU7-2.jpg", "apparel/dress/SKU8-1.jpg"):
+        os.makedirs(tmp_path / os.path.dirname(key), exist_ok=True)
+        (tmp_path / key).write_bytes(encode_png())
+    table, _ = read_folders(str(tmp_path), group_pattern="^(.+)-[0-9]+$")
+    by_id = dict(zip(table.column("image_id").to_pylist(), table.column("group").to_pylist()))
+    assert by_id == {"accessories/bag/SKU7-2.jpg": "SKU7", "apparel/dress/SKU7-1.jpg": "SKU7", "apparel/dress/SKU8-1.jpg": "SKU8"}
+    split, _ = assign_splits(table, {"train": 0.5, "val": 0.25, "test": 0.25}, seed=3)
+    s = dict(zip(table.column("image_id").to_pylist(), split.column("split").to_pylist()))
+    assert s["accessories/bag/SKU7-2.jpg"] == s["apparel/dress/SKU7-1.jpg"]
 
 
 def test_bad_label_level_and_pattern_name_the_choices(tmp_path):

@@ -5,7 +5,8 @@ The label comes from the folders above a file, at a configurable level: ``top`` 
 joined with ``/``). Files directly under the prefix have no label. Files with other extensions are
 counted by extension and reported, never silently dropped. An optional ``group_pattern`` (a regular
 expression with one capture group, matched against the file name without its extension) names the
-product a photo belongs to, e.g. ``^(.+)-\\d+$`` for ``<sku>-<n>.jpg``.
+product a photo belongs to, e.g. ``^(.+)-\\d+$`` for ``<sku>-<n>.jpg``; the captured id is the group
+wherever the file sits, so a product filed under two classes still lands in one split.
 """
 
 from __future__ import annotations
@@ -83,8 +84,9 @@ def read_folders(prefix: str, storage: Mapping[str, Any] | None = None, *, label
         g = None
         if pattern is not None:
             m = pattern.search(posixpath.splitext(name)[0])
-            # The group is scoped by its folder: the same file stem in two class folders is two products.
-            g = "/".join([*folders, m.group(1)]) if m else None
+            # Not scoped by folder: a SKU photographed into two class folders is still one product,
+            # and the same key as a product table's SKU column (so both imports split alike).
+            g = m.group(1) if m else None
         groups.append(g)
     if not ids:
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {prefix!r}; skipped {dict(skipped)}")
