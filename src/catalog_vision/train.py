@@ -479,6 +479,8 @@ def train(cfg: Mapping[str, Any]) -> dict:
     if train_rows == 0 or val_rows == 0:
         raise ValueError(f"empty split: {train_rows} train rows ({data['train_split']!r}), {val_rows} val rows ({data['val_split']!r})")
     log.info("decoded %d train and %d val images in %.1fs", train_rows, val_rows, time.perf_counter() - t0)
+    if train_rows < train_table.num_rows:
+        log.warning("%d of %d %r rows left out of training: not decodable, or no known label (a backfill of that split lists each error)", train_table.num_rows - train_rows, train_table.num_rows, data["train_split"])
 
     run_name = t.get("run_name") or f"{cfg['model']['name']}-{new_run_id()}"
     storage_path = st.absolute(t["storage_path"])
