@@ -1,5 +1,6 @@
 """The model factory: names, channel adaptation, the features/head seam, safe weight loading."""
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -88,3 +89,45 @@ def test_freeze_backbone_trains_only_the_head():
     set_backbone_frozen(model, False)
     model.train()
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,channels,side", [("small_vgg", 3, 32), ("small_cnn", 1, 28), ("resnet18", 3, 64)])
+def test_folding_batchnorm_keeps_the_outputs(name, channels, side):
+    """Inference folds conv → BatchNorm pairs; with non-trivial running statistics the folded
+    backbone must give the same features, and the Predictor the same rows."""
+    from catalog_vision.models.fusion import batchnorms, fold_batchnorm
+
+    torch.manual_seed(0)
+    pre = {"channels": channels, "mean": [0.5] * channels, "std": [0.25] * channels, "image_size": [side, side]}
+    model = build_model({"name": name}, 10, pre)
+    for m in model.modules():  # trained-looking statistics, not the identity of a fresh BatchNorm
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
+    with pytest.raises(ValueError, match="eval"):
+        fold_batchnorm(model.backbone)
+    model.eval()
+    n_bn = batchnorms(model.backbone)
+    fused, folded = fold_batchnorm(model.backbone)
+    assert n_bn > 0 and folded == n_bn and batchnorms(fused) == 0
+    x = model.normalize(torch.randint(0, 256, (4, channels, side, side), dtype=torch.uint8))
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model.backbone(x), rtol=1e-4, atol=1e-4)
+
+
+def test_predictor_rows_match_with_and_without_folding(tmp_path):
+    from catalog_vision import checkpoint as ckpt
+    from catalog_vision.infer import Predictor
+
+    torch.manual_seed(1)
+    pre = {"channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": [32, 32]}
+    model = build_model({"name": "small_vgg", "width": 8}, 4, pre)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    meta = {"model": {"name": "small_vgg", "width": 8}, "classes": list("abcd"), "preprocessing": pre, "task": "multiclass", "embedding_dim": model.num_features, "epoch": 0, "metrics": {}}
+    path = ckpt.save(str(tmp_path / "m"), model, meta)
+    x = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8).numpy()
+    folded, plain = Predictor(path, device="cpu", dtype="float32"), Predictor(path, device="cpu", dtype="float32", fold_bn=False)
+    assert folded.folded_bn == 6 and plain.folded_bn == 0
+    for a, b in zip(folded.predict_pixels(x), plain.predict_pixels(x)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

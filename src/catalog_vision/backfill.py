@@ -108,6 +108,7 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
                 "batch_size": int(p["batch_size"]),
                 "dtype_cache_dir": p.get("dtype_cache_dir"),
                 "report_to": st.join(out, PRECISION_REPORTS),
+                "fold_bn": bool(p.get("fold_bn", True)),
             },
             compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"]), max_tasks_in_flight_per_actor=tasks_in_flight(p)),
             batch_size=int(p["batch_size"]),

@@ -127,6 +127,7 @@ class Predictor:
         batch_size: int = 512,
         dtype_cache_dir: str | None = None,
         report_to: str | None = None,
+        fold_bn: bool = True,
     ):
         if tta not in TTA:
             raise ValueError(f"predictor.tta={tta!r}; choose one of {list(TTA)}")
@@ -137,6 +138,12 @@ class Predictor:
         check_dtype(dtype)
         self.loaded = ckpt.load(checkpoint, storage, device=self.device)
         self.model = self.loaded.model
+        # conv → BatchNorm pairs folded into one conv (inference only; see models.fusion).
+        self.folded_bn = 0
+        if fold_bn:
+            from .models.fusion import fold_batchnorm
+
+            self.model.backbone, self.folded_bn = fold_batchnorm(self.model.backbone)
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
