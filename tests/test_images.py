@@ -90,13 +90,14 @@ def test_palette_png():
     assert tuple(int(out[c, 0, 0]) for c in range(3)) == (10, 200, 30)
 
 
-def test_exif_rotation_is_applied():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_rotation_is_applied(fmt):
     # A 20x10 landscape image whose EXIF says "rotate 90° CW" (orientation 6) is portrait once applied.
     arr = np.zeros((10, 20), np.uint8)
     arr[:, :10] = 255  # left half white
     exif = Image.Exif()
     exif[0x0112] = 6
-    data = encode(Image.fromarray(arr), "JPEG", exif=exif.tobytes(), quality=100)
+    data = encode(Image.fromarray(arr), fmt, exif=exif.tobytes(), **({"quality": 100} if fmt in ("JPEG", "WEBP") else {}))
     spec = Preprocessing(image_size=(20, 10), channels=1, mean=(0.5,), std=(0.5,))
     out = decode(data, spec)[0]
     assert out.shape == (20, 10)
@@ -168,3 +169,15 @@ def test_device_decoder_fits_like_the_cpu_decoder(fit):
     assert dev.shape == cpu.shape == (3, 30, 40)
     # Different resize kernels (PIL vs torch antialias) differ at the bar edges only.
     assert np.mean(np.abs(dev - cpu) > 40) < 0.05
+
+
+def test_local_fetch_gives_each_file_its_own_outcome(tmp_path):
+    from catalog_vision.data import fetch_and_decode
+
+    good = tmp_path / "good.png"
+    good.write_bytes(encode(Image.fromarray(np.full((28, 28), 7, np.uint8)), "PNG"))
+    (tmp_path / "adir.png").mkdir()
+    uris = [str(good), str(tmp_path / "missing.png"), str(tmp_path / "adir.png"), "file://" + str(good)]
+    out = fetch_and_decode({"image_id": np.array(uris, dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * 4, dtype=object)}, GRAY.to_dict())
+    assert [None if e is None else e.split(":", 1)[0] for e in out["error"]] == [None, "MissingObject", "ReadError", None]
+    assert int(out["pixels"][0].max()) == 7 and int(out["pixels"][3].max()) == 7

@@ -165,6 +165,8 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
         return []
     if http.is_http(uris[0]):
         return http.fetch_many(uris, http.options(storage))
+    if not st.is_remote(uris[0]):
+        return [_read_local(st.absolute(u)) for u in uris]
     fs, _ = st.resolve(uris[0], storage)
     paths = [st.resolve(u, storage)[1] for u in uris]
     got = fs.cat(paths, on_error="return")
@@ -175,6 +177,16 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
             v = _storage_error(v, p)
         out.append(v)
     return out
+
+
+def _read_local(path: str) -> bytes | BaseException:
+    """A local file's bytes, or its error as a value. Plain ``open``: fsspec's local filesystem
+    costs ~0.1 ms more per file, a fifth of a 28x28 image's whole decode-and-predict time."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        return _storage_error(e, path)
 
 
 def _storage_error(exc: BaseException, path: str) -> ImageError:
