@@ -181,7 +181,7 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
 
 def _read_local(path: str) -> bytes | BaseException:
     """A local file's bytes, or its error as a value. Plain ``open``: fsspec's local filesystem
-    costs ~0.1 ms more per file, a fifth of a 28x28 image's whole decode-and-predict time."""
+    adds a per-file cost that shows on small images (README "Benchmarks")."""
     try:
         with open(path, "rb") as f:
             return f.read()
