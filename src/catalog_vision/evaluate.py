@@ -492,9 +492,9 @@ def _from_checkpoint(cfg: Mapping[str, Any], e: Mapping[str, Any], checkpoint: s
 
     storage = cfg["storage"]
     init_ray(cfg["ray"])
+    p = cfg.get("predictor", {})
     predictor = Predictor(checkpoint, storage, device=e.get("device") or "auto", dtype=e.get("dtype") or "auto", topk=1, channels_last=True, tta=e.get("tta") or "none",
-                          batch_size=int(e.get("batch_size") or 512), dtype_cache_dir=cfg.get("predictor", {}).get("dtype_cache_dir"),
-                          fold_bn=bool(cfg.get("predictor", {}).get("fold_bn", True)))
+                          batch_size=int(e.get("batch_size") or 512), dtype_cache_dir=p.get("dtype_cache_dir"), fold_bn=bool(p.get("fold_bn", True)))
     ds = decoded_catalog(cfg["data"], predictor.loaded.preprocessing, storage, split=split)
     rows, prob_parts, errors, unlabeled = [], [], [], 0
     for batch in ds.iter_batches(batch_format="numpy", batch_size=int(e.get("batch_size") or 512)):
