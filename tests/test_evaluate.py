@@ -200,7 +200,7 @@ def test_multilabel_report_from_predictions(multilabel_setup, capsys):
     assert "multilabel" in card and "`soft` 0.700" in card and "python jobs/evaluate.py evaluate.source=predictions" in card
     assert "No training curves" in card and not (out / "training_curves.png").exists()
     assert json.loads((out / "metrics.json").read_text())["metrics"]["f1_micro"] == pytest.approx(0.6)
-    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("evaluate summary: ")]
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("evaluate summary: ")]
     assert len(line) == 1 and json.loads(line[0].split(": ", 1)[1])["hamming_loss"] == round(1 / 3, 4)
 
 

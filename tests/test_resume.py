@@ -183,7 +183,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
     finally:
         stop_cluster(second.temp_dir)
     assert f"backfill summary: {N_BIG} inputs = {len(done_before)} already labeled + {N_BIG - len(done_before)} predicted + 0 errors" in log, log[-3000:]
-    print(f"cluster killed with {len(done_before)}/{N_BIG} images committed; rerun on a new cluster: " + next(l for l in log.splitlines() if "backfill summary" in l))
+    print(f"cluster killed with {len(done_before)}/{N_BIG} images committed; rerun on a new cluster: " + next(ln for ln in log.splitlines() if "backfill summary" in ln))
     redone = ids_in(committed_files(str(model_dir / "after-restart")))
     assert len(redone) == N_BIG - len(done_before) and not set(redone) & done_before  # the rerun did only the remainder
     ids = ids_in(committed_files(str(model_dir)))

@@ -22,7 +22,20 @@ _EXPORTS = {
     "summarize": ".query",
     "train": ".train",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "MODELS",
+    "Predictor",
+    "Preprocessing",
+    "backfill",
+    "build_model",
+    "decode",
+    "load_checkpoint",
+    "make_catalog",
+    "predictions_schema",
+    "run_pipeline",
+    "summarize",
+    "train",
+]
 __version__ = "0.1.0"
 
 

@@ -6,13 +6,11 @@ DuckDB as Arrow, so no DuckDB extension has to be downloaded at run time.
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any, Mapping
 
 import pyarrow as pa
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from . import storage as st
 from .sink import committed_files

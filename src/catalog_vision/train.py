@@ -317,6 +317,64 @@ def train_precision(t: Mapping[str, Any], model: torch.nn.Module, model_cfg: Map
     return resolve_dtype(t.get("precision", "auto"), device, "trainer.precision", measure=measure), choice
 
 
+def restore_state(restored, inner: torch.nn.Module, optimizer, scheduler, step: "Step", rank: int) -> tuple[int, list[dict]]:
+    """Weights, optimizer, scheduler and scaler from Ray Train's last registered checkpoint (a
+    restarted attempt); returns the epoch to start from and the history so far."""
+    if not restored:
+        return 0, []
+    with restored.as_directory() as d:
+        loaded = ckpt.load(d)
+        inner.load_state_dict(loaded.model.state_dict())
+        state = torch.load(os.path.join(d, "train_state.pt"), weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if step.scaler and "scaler" in state:
+            step.scaler.load_state_dict(state["scaler"])
+        start_epoch = int(loaded.meta["epoch"]) + 1
+        history = list(loaded.meta.get("history", []))
+    if rank == 0:
+        print(f"resuming from epoch {start_epoch} (checkpoint {restored.path})", flush=True)
+    return start_epoch, history
+
+
+def epoch_metrics(epoch: int, task: str, world: int, tr: dict, va: dict, va_scores, va_targets, scheduler) -> tuple[dict, list[float] | None]:
+    """One epoch's metrics from the all-reduced train and validation counts (and, multi-label, the
+    gathered validation scores, from which the per-label thresholds are chosen)."""
+    metrics = {
+        "epoch": epoch,
+        "train/loss": tr["loss_sum"] / max(1, tr["seen"]),
+        "train/top1" if task == "multiclass" else "train/label_accuracy": tr["correct"] / max(1, tr["seen"]),
+        "train/images_per_s": tr["seen"] / max(1e-9, tr["elapsed"] / world),
+        "val/loss": va["loss_sum"] / max(1, va["seen"]),
+        "val/images": int(va["seen"]),
+        "lr": scheduler.get_last_lr()[0],
+        # seconds per worker (mean over workers) spent on each part of the training steps
+        **{k: round(tr[k] / world, 2) for k in ("time/data", "time/augment", "time/compute", "time/optimizer")},
+    }
+    thresholds = None
+    if task == "multilabel":
+        scores, targets = _all_gather(va_scores), _all_gather(va_targets)
+        thresholds = choose_thresholds(scores, targets)
+        metrics.update(multilabel_val_metrics(scores, targets, thresholds))
+        metrics["val/label_accuracy"] = va["correct"] / max(1, va["seen"])
+    else:
+        metrics["val/top1"] = va["correct"] / max(1, va["seen"])
+    return metrics, thresholds
+
+
+def report_with_checkpoint(epoch: int, metrics: dict, meta: dict, model, optimizer, scheduler, step: "Step") -> None:
+    """Rank 0: the epoch's checkpoint (model + the state a restarted attempt resumes from), registered with Ray Train."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as d:
+        ckpt.save_local(d, model, meta)
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        if step.scaler:
+            state["scaler"] = step.scaler.state_dict()
+        torch.save(state, os.path.join(d, "train_state.pt"))
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=f"epoch_{epoch:04d}")
+
+
 def train_loop_per_worker(config: dict) -> None:
     import ray.train
     import ray.train.torch
@@ -344,21 +402,7 @@ def train_loop_per_worker(config: dict) -> None:
     optimizer = make_optimizer(inner.parameters(), t)
     steps_per_epoch = max(1, config["train_rows"] // (world * t["batch_size"] * step.accumulate))
     scheduler = make_scheduler(optimizer, t, steps_per_epoch)
-    start_epoch, history = 0, []
-    restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as d:
-            loaded = ckpt.load(d)
-            inner.load_state_dict(loaded.model.state_dict())
-            state = torch.load(os.path.join(d, "train_state.pt"), weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if step.scaler and "scaler" in state:
-                step.scaler.load_state_dict(state["scaler"])
-            start_epoch = int(loaded.meta["epoch"]) + 1
-            history = list(loaded.meta.get("history", []))
-        if rank == 0:
-            print(f"resuming from epoch {start_epoch} (checkpoint {restored.path})", flush=True)
+    start_epoch, history = restore_state(ray.train.get_checkpoint(), inner, optimizer, scheduler, step, rank)
     frozen_epochs = int(t.get("freeze_backbone_epochs") or 0)
     set_backbone_frozen(inner, start_epoch < frozen_epochs)
     model = ray.train.torch.prepare_model(inner)  # DDP registers only parameters that need grads
@@ -383,28 +427,8 @@ def train_loop_per_worker(config: dict) -> None:
             set_backbone_frozen(inner, True)
         tr = _all_reduce(train_one_epoch(model, train_shard, optimizer, scheduler, step))
         va_counts, va_scores, va_targets = evaluate(model, val_shard, step, t["batch_size"] * 2)
-        va = _all_reduce(va_counts)
-        metrics = {
-            "epoch": epoch,
-            "train/loss": tr["loss_sum"] / max(1, tr["seen"]),
-            "train/top1" if task == "multiclass" else "train/label_accuracy": tr["correct"] / max(1, tr["seen"]),
-            "train/images_per_s": tr["seen"] / max(1e-9, tr["elapsed"] / world),
-            "val/loss": va["loss_sum"] / max(1, va["seen"]),
-            "val/images": int(va["seen"]),
-            "lr": scheduler.get_last_lr()[0],
-            # seconds per worker (mean over workers) spent on each part of the training steps
-            **{k: round(tr[k] / world, 2) for k in ("time/data", "time/augment", "time/compute", "time/optimizer")},
-            "frozen_backbone": epoch < frozen_epochs,
-            "resumed_from_epoch": start_epoch,  # > 0: this attempt restored a checkpoint
-        }
-        thresholds = None
-        if task == "multilabel":
-            scores, targets = _all_gather(va_scores), _all_gather(va_targets)
-            thresholds = choose_thresholds(scores, targets)
-            metrics.update(multilabel_val_metrics(scores, targets, thresholds))
-            metrics["val/label_accuracy"] = va["correct"] / max(1, va["seen"])
-        else:
-            metrics["val/top1"] = va["correct"] / max(1, va["seen"])
+        metrics, thresholds = epoch_metrics(epoch, task, world, tr, _all_reduce(va_counts), va_scores, va_targets, scheduler)
+        metrics.update({"frozen_backbone": epoch < frozen_epochs, "resumed_from_epoch": start_epoch})  # > 0: this attempt restored a checkpoint
         metrics["seconds"] = round(time.perf_counter() - epoch_start, 2)
         history.append(metrics)
         best, since_best = (metrics[metric], 0) if _improved(metrics[metric], best, mode) else (best, since_best + 1)
@@ -416,16 +440,10 @@ def train_loop_per_worker(config: dict) -> None:
                 + f"  images/s {metrics['train/images_per_s']:.0f}" + ("  (backbone frozen)" if metrics["frozen_backbone"] else ""),
                 flush=True,
             )
-            with tempfile.TemporaryDirectory() as d:
-                meta = {**config["checkpoint_meta"], "epoch": epoch, "metrics": metrics, "history": history}
-                if thresholds is not None:
-                    meta["thresholds"] = thresholds
-                ckpt.save_local(d, model, meta)
-                state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-                if step.scaler:
-                    state["scaler"] = step.scaler.state_dict()
-                torch.save(state, os.path.join(d, "train_state.pt"))
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=f"epoch_{epoch:04d}")
+            meta = {**config["checkpoint_meta"], "epoch": epoch, "metrics": metrics, "history": history}
+            if thresholds is not None:
+                meta["thresholds"] = thresholds
+            report_with_checkpoint(epoch, metrics, meta, model, optimizer, scheduler, step)
         else:
             ray.train.report(metrics)
         if stop:
