@@ -1,5 +1,9 @@
-"""`ray job submit` against a real local cluster started with `ray start --head`."""
+"""`ray job submit` against a real local cluster started with `ray start --head`, with token
+authentication set up exactly as the README's "On a cluster" section says."""
 
+import os
+import re
+import shutil
 import subprocess
 import time
 
@@ -16,23 +20,51 @@ def run(*args, env, timeout=300, check=True):
     return subprocess.run([str(a) for a in args], env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout, check=check)
 
 
+def readme_submit_flags() -> list[str]:
+    """The README's `ray job submit` flags, up to the job's `python jobs/backfill.py ray=cluster`."""
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"export RAY_AUTH_MODE=token\nray job submit (.*?)\n```", readme, re.S)
+    assert block, "README: the `ray job submit` block after `export RAY_AUTH_MODE=token` is gone"
+    words = block.group(1).replace("\\\n", " ").split()
+    head = words[: words.index("ray=cluster") + 1]
+    assert head[:2] == ["--address", "http://<head>:8265"] and head[-4:] == ["--", "python", "jobs/backfill.py", "ray=cluster"], head
+    return head
+
+
+def home_env(home) -> dict:
+    """A shell's environment on its own machine: no Ray variables, its own home (~/.ray/auth_token)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"  # a job's `python` is this venv's
+    env["HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    return env
+
+
 def test_backfill_via_ray_job_submit(local_catalog, random_checkpoint, tmp_path):
-    cluster = start_cluster(num_cpus=4)
+    # Head node, as the README says: `ray get-auth-token --generate`, then `ray start --head`.
+    head_env = home_env(tmp_path / "head-home")
+    run(BIN / "ray", "get-auth-token", "--generate", env=head_env)
+    token_file = tmp_path / "head-home" / ".ray" / "auth_token"
+    assert token_file.stat().st_size >= 32
+    cluster = start_cluster(num_cpus=4, env=head_env)
     try:
+        flags = readme_submit_flags()
+        flags[1] = cluster.dashboard
         out_root = tmp_path / "out"
-        submit_args = (
-            BIN / "ray", "job", "submit", "--address", cluster.dashboard,
-            "--working-dir", ".", "--runtime-env", "cluster/runtime_env.yaml", "--",
-            "python", "jobs/backfill.py", "experiment=smoke", "ray=cluster",
-            f"data.manifest={local_catalog['cfg']['data']['manifest']}",
-            f"predictor.checkpoint={random_checkpoint}",
-            f"paths.output={out_root}",
-            "run_id=submitted",
-        )
-        # The job agent comes up a few seconds after `ray start` returns.
-        deadline = time.monotonic() + 120
+        job = [f"data.manifest={local_catalog['cfg']['data']['manifest']}", "experiment=smoke", f"predictor.checkpoint={random_checkpoint}",
+               f"paths.output={out_root}", "run_id=submitted"]
+        client_env = home_env(tmp_path / "client-home")
+        (tmp_path / "client-home" / ".ray").mkdir()
+        shutil.copy(token_file, tmp_path / "client-home" / ".ray" / "auth_token")  # the README's `scp`
+
+        # Without RAY_AUTH_MODE=token the client sends no token: refused, as the README warns.
+        refused = run(BIN / "ray", "job", "submit", *flags, *job, env=client_env, timeout=600, check=False)
+        assert refused.returncode != 0 and "authentication token" in (refused.stdout + refused.stderr).lower(), refused.stdout[-2000:] + refused.stderr[-2000:]
+
+        client_env["RAY_AUTH_MODE"] = "token"  # the README's `export RAY_AUTH_MODE=token`
+        deadline = time.monotonic() + 120  # the job agent comes up a few seconds after `ray start` returns
         while True:
-            submit = run(*submit_args, env=cluster.env, timeout=600, check=False)
+            submit = run(BIN / "ray", "job", "submit", *flags, *job, env=client_env, timeout=600, check=False)
             if "No available agent" not in submit.stderr + submit.stdout or time.monotonic() > deadline:
                 break
             time.sleep(3)
