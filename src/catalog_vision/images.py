@@ -54,7 +54,9 @@ class ReadError(ImageError):
 
 def error_string(exc: BaseException) -> str:
     """``'ErrorClass: message'``: the class is what the run manifest counts by."""
-    msg = str(exc).strip().replace("\n", " ")
+    from .storage.secrets import redact_text
+
+    msg = redact_text(str(exc).strip().replace("\n", " "))  # no presigned signatures or passwords in tables
     return f"{type(exc).__name__}: {msg[:500]}"
 
 

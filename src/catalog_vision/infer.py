@@ -18,6 +18,7 @@ import torch
 from . import checkpoint as ckpt
 from . import precision
 from .data import fetch_and_decode, is_error
+from .storage.secrets import redact_text
 from .images import ImageError, Preprocessing, decode, error_string, fit_box, pad_color
 
 log = logging.getLogger("catalog_vision")
@@ -282,7 +283,7 @@ class Predictor:
         return pa.Table.from_arrays(
             [
                 pa.array(list(image_id), pa.string()),
-                pa.array(list(uri), pa.string()),
+                pa.array([redact_text(u) if u and ("@" in u or "?" in u) else u for u in uri], pa.string()),  # no credentials in tables
                 pa.array(names.to_numpy(zero_copy_only=False)[::k], pa.string(), mask=~ok),
                 pa.array(score, pa.float32(), mask=~ok),
                 pa.ListArray.from_arrays(offsets, names, mask=bad),

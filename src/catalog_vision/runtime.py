@@ -48,7 +48,9 @@ def job_command(script: str) -> str:
 
     from hydra.core.hydra_config import HydraConfig
 
-    return shlex.join(["python", script, *HydraConfig.get().overrides.task])
+    from .storage.secrets import redact_command
+
+    return shlex.join(["python", script, *redact_command(list(HydraConfig.get().overrides.task))])
 
 
 def setup_logging() -> None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage as st
+from ..storage.secrets import redact_command
 from .card import model_card
 from .figures import plot_confusion, plot_history, plot_reliability, plot_roc
 from .metrics import ECE_BINS, multiclass_metrics, multilabel_metrics, top_confusions
@@ -54,7 +55,7 @@ def evaluate(cfg: Mapping[str, Any], command: str | None = None) -> dict:
     if source not in SOURCES:
         raise ValueError(f"evaluate.source={source!r}; choose one of {list(SOURCES)}")
     split = e.get("split", "test")
-    command = command or shlex.join(["python", *sys.argv])
+    command = command or shlex.join(["python", *redact_command(sys.argv)])
 
     checkpoint, meta, model_id = _model(e, source, storage)
     pred_uri = _predictions_uri(cfg, e, source, model_id) if source == "predictions" else None

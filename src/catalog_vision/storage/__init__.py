@@ -16,7 +16,8 @@ from typing import Any, Mapping
 import fsspec
 import pyarrow.fs as pafs
 
-_SECRET_WORDS = ("secret", "password", "token", "credential", "access_key", "api_key")
+from .secrets import redact, redact_text  # noqa: F401  (re-exported: st.redact, st.redact_text)
+
 
 
 def is_remote(uri: str) -> bool:
@@ -118,16 +119,3 @@ def exists(uri: str, storage: Mapping[str, Any] | None = None) -> bool:
     return fs.exists(path)
 
 
-def redact(obj: Any) -> Any:
-    """A copy of a config with every secret-looking value replaced by ``'***'``."""
-    if isinstance(obj, Mapping):
-        out = {}
-        for k, v in obj.items():
-            if any(word in str(k).lower() for word in _SECRET_WORDS) and v is not None:
-                out[k] = "***"
-            else:
-                out[k] = redact(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    return obj
