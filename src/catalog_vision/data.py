@@ -18,7 +18,7 @@ from PIL import Image
 from . import storage as st
 from .catalogs.table import read_table_file
 from .storage import http
-from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, decode, error_string
+from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
 
 # Memory reserved per decode task (MiB) unless data.decode_memory_mb says otherwise. Besides
 # scheduling, a declared memory that differs from the predictor's keeps Ray Data from fusing decode
@@ -107,7 +107,7 @@ def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = N
             if "split" not in table.column_names:
                 raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
             table = table.filter(pc.equal(table.column("split"), split))
-        table = _normalise_manifest(table, manifest.rsplit("/", 1)[0])
+        table = _normalise_manifest(table, manifest, data.get("uri_schemes"), data.get("uri_prefixes"))
     table = table.combine_chunks()
     http.options(storage)  # a bad storage.http value fails here, not as an error row per image
     ids = table.column("image_id")
@@ -147,14 +147,22 @@ def to_dataset(table: pa.Table, rows_per_block: int):
     return ray.data.from_blocks(blocks) if hasattr(ray.data, "from_blocks") else ray.data.from_arrow(blocks)
 
 
-def _normalise_manifest(batch: pa.Table, base: str) -> pa.Table:
-    """``image_id, uri, label`` (+ ``labels``, list<string>, for multi-label catalogs)."""
+def _normalise_manifest(batch: pa.Table, manifest: str, schemes: Sequence[str] | None = None, prefixes: Sequence[str] | None = None) -> pa.Table:
+    """``image_id, uri, label`` (+ ``labels``, list<string>, for multi-label catalogs; + ``refused``,
+    why a row's URI may not be fetched, when the manifest's URI policy refuses any: see
+    :mod:`.storage.policy`)."""
+    from .storage.policy import refusals
+
     n = batch.num_rows
     label = batch.column("label").cast(pa.string()) if "label" in batch.column_names else pa.nulls(n, pa.string())
-    uris = [_resolve_uri(u, base) for u in batch.column("uri").to_pylist()]
+    raw = [str(u) if u is not None else "" for u in batch.column("uri").to_pylist()]
+    uris = [_resolve_uri(u, manifest.rsplit("/", 1)[0]) for u in raw]
     cols = {"image_id": batch.column("image_id").cast(pa.string()), "uri": pa.array(uris, pa.string()), "label": label}
     if "labels" in batch.column_names:
         cols["labels"] = batch.column("labels").cast(pa.list_(pa.string()))
+    refused = refusals(raw, uris, manifest, schemes, prefixes)
+    if any(refused):
+        cols["refused"] = pa.array(refused, pa.string())
     return pa.table(cols)
 
 
@@ -213,7 +221,12 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
     by_scheme: dict[str, list[int]] = {}
     for i, u in enumerate(uris):
         by_scheme.setdefault(u.split("://", 1)[0] if "://" in u else "file", []).append(i)
+    refused = batch.get("refused")
     for idx in by_scheme.values():
+        if refused is not None:  # refused by the manifest's URI policy on the driver: never fetched
+            for i in [i for i in idx if is_error(refused[i])]:
+                errors[i] = error_string(RefusedURI(refused[i]))
+            idx = [i for i in idx if not is_error(refused[i])]
         try:
             fetched = _fetch_many([uris[i] for i in idx], storage)
         except Exception as e:  # the whole request failed after retries: every row gets the error

@@ -52,6 +52,10 @@ class ReadError(ImageError):
     pass
 
 
+class RefusedURI(ImageError):
+    """The manifest names a URI its policy does not allow (``data.uri_schemes``, ``data.uri_prefixes``)."""
+
+
 def error_string(exc: BaseException) -> str:
     """``'ErrorClass: message'``: the class is what the run manifest counts by."""
     from .storage.secrets import redact_text
