@@ -7,6 +7,7 @@ image, so one corrupt object never fails a job.
 from __future__ import annotations
 
 import io
+import logging
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -24,6 +25,8 @@ from .images import AccessDenied, ImageError, MissingObject, Preprocessing, Read
 # scheduling, a declared memory that differs from the predictor's keeps Ray Data from fusing decode
 # into the inference actors, so the CPU decode step and the model step overlap as separate operators.
 DECODE_MEMORY_MB = 256
+
+log = logging.getLogger("catalog_vision")
 
 LAYOUTS = ("auto", "flat", "class_folders")
 
@@ -44,7 +47,10 @@ def list_images(prefix: str, storage: Mapping[str, Any] | None = None, layout: s
 
     if layout not in LAYOUTS:
         raise ValueError(f"data.layout={layout!r}; choose one of {list(LAYOUTS)}")
-    table, _ = read_folders(prefix, storage, label_level=label_level, labeled=True)
+    table, report = read_folders(prefix, storage, label_level=label_level, labeled=True)
+    if report.get("skipped_by_extension"):
+        log.warning("listed %s: %d images; skipped %d files that are not images, by extension: %s", prefix, table.num_rows,
+                    sum(report["skipped_by_extension"].values()), dict(report["skipped_by_extension"]))
     depth = set(pc.utf8_length(pc.replace_substring_regex(table.column("image_id"), "[^/]", "")).to_pylist())
     if layout == "auto":
         # Only an unambiguous tree (every file exactly one folder deep) is read as class folders.

@@ -10,6 +10,7 @@ A bad image raises an :class:`ImageError` subclass; callers turn it into an erro
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -56,11 +57,15 @@ class RefusedURI(ImageError):
     """The manifest names a URI its policy does not allow (``data.uri_schemes``, ``data.uri_prefixes``)."""
 
 
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def error_string(exc: BaseException) -> str:
     """``'ErrorClass: message'``: the class is what the run manifest counts by."""
     from .storage.secrets import redact_text
 
     msg = redact_text(str(exc).strip().replace("\n", " "))  # no presigned signatures or passwords in tables
+    msg = _OBJECT_REPR.sub("<image bytes>", msg)  # PIL names its input as "<_io.BytesIO object at 0x7f...>"
     return f"{type(exc).__name__}: {msg[:500]}"
 
 

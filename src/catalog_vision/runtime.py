@@ -5,16 +5,40 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from typing import Any, Mapping
 
 log = logging.getLogger("catalog_vision")
 
 
+def verbose(ray_cfg: Mapping[str, Any] | None) -> bool:
+    """``ray.verbose``: Ray's own INFO lines (Ray Data's plans and progress logs, Ray Train's worker
+    group and report lines) in the output. Off by default: the jobs print their own summaries."""
+    return bool((ray_cfg or {}).get("verbose", False))
+
+
+def say(message: str) -> None:
+    """One line to stdout, exactly once. Inside Ray Train workers ``print`` is patched to go through
+    the logging handlers Ray Train installs (two of them reach the console: every line twice)."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
+def quiet_ray_logs(ray_cfg: Mapping[str, Any] | None) -> None:
+    """Unless ``ray.verbose``: Ray Data's INFO lines off in this process and, through the environment
+    a local Ray inherits, in its workers (a cluster gets the same from ``cluster/runtime_env.yaml``)."""
+    if verbose(ray_cfg):
+        return
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")
+    logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
+
+
 def init_ray(ray_cfg: Mapping[str, Any] | None = None) -> None:
     import ray
 
     ray_cfg = dict(ray_cfg or {})
+    quiet_ray_logs(ray_cfg)
     if ray.is_initialized():
         return
     address = ray_cfg.get("address") or os.environ.get("RAY_ADDRESS")
@@ -32,7 +56,12 @@ def init_ray(ray_cfg: Mapping[str, Any] | None = None) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
+    # Bars (tqdm) on a terminal. Where stdout is not one (a log file, Ray workers such as Train's
+    # SplitCoordinator) Ray Data logs a progress block every few seconds at INFO instead, muted
+    # with the rest of its INFO lines unless ray.verbose; without use_ray_tqdm=False the workers
+    # would write a tqdm redraw per update into the log.
     ctx.enable_progress_bars = bool(ray_cfg.get("progress_bars", True))
+    ctx.use_ray_tqdm = verbose(ray_cfg)
     # Print a per-operator summary once a dataset finishes (what ran, rows, time).
     ctx.verbose_stats_logs = False
 

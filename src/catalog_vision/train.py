@@ -39,7 +39,7 @@ from .data import TASKS, catalog_table, decoded_catalog, resolve_classes, to_tra
 from .images import Preprocessing
 from .models import build_model, set_backbone_frozen
 from .models import pretrained as pretrained_weights
-from .runtime import init_ray, new_run_id
+from .runtime import init_ray, new_run_id, say, verbose
 
 log = logging.getLogger("catalog_vision")
 
@@ -317,6 +317,16 @@ def train_precision(t: Mapping[str, Any], model: torch.nn.Module, model_cfg: Map
     return resolve_dtype(t.get("precision", "auto"), device, "trainer.precision", measure=measure), choice
 
 
+def quiet_train_worker_logs() -> None:
+    """Ray Train logs every ``report()`` at INFO from a logger named by its file path (outside
+    ``ray.train``, so ``LoggingConfig(log_level=...)`` does not reach it): off unless ``ray.verbose``."""
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray Train layout: its lines stay
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def restore_state(restored, inner: torch.nn.Module, optimizer, scheduler, step: "Step", rank: int) -> tuple[int, list[dict]]:
     """Weights, optimizer, scheduler and scaler from Ray Train's last registered checkpoint (a
     restarted attempt); returns the epoch to start from and the history so far."""
@@ -333,7 +343,7 @@ def restore_state(restored, inner: torch.nn.Module, optimizer, scheduler, step: 
         start_epoch = int(loaded.meta["epoch"]) + 1
         history = list(loaded.meta.get("history", []))
     if rank == 0:
-        print(f"resuming from epoch {start_epoch} (checkpoint {restored.path})", flush=True)
+        say(f"resuming from epoch {start_epoch} (checkpoint {restored.path})")
     return start_epoch, history
 
 
@@ -380,6 +390,8 @@ def train_loop_per_worker(config: dict) -> None:
     import ray.train.torch
 
     t, task = config["trainer"], config["task"]
+    if not config.get("verbose"):
+        quiet_train_worker_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     seed = int(t["seed"])
@@ -393,11 +405,11 @@ def train_loop_per_worker(config: dict) -> None:
         info, data = config["pretrained"]
         unused = pretrained_weights.Weights(ray.get(data), info["source"], info["pretrained"]).load_into(inner)
         if rank == 0:
-            print(f"backbone starts from model.pretrained={info['pretrained']} ({info['source']}); not used: {unused}", flush=True)
+            say(f"backbone starts from model.pretrained={info['pretrained']} ({info['source']}); not used: {unused}")
     inner = inner.to(device, memory_format=torch.channels_last)
     amp_dtype, choice = train_precision(t, inner, config["model"], config["preprocessing"], device, rank)
     if rank == 0 and choice:
-        print(f"trainer.precision=auto -> {choice['dtype']} ({'cached: ' if choice['cached'] else ''}{choice['why']})", flush=True)
+        say(f"trainer.precision=auto -> {choice['dtype']} ({'cached: ' if choice['cached'] else ''}{choice['why']})")
     step = Step(t, task, len(classes), config["preprocessing"]["image_size"], config["class_counts"], config["train_rows"], device, amp_dtype)
     optimizer = make_optimizer(inner.parameters(), t)
     steps_per_epoch = max(1, config["train_rows"] // (world * t["batch_size"] * step.accumulate))
@@ -435,10 +447,9 @@ def train_loop_per_worker(config: dict) -> None:
         stop = bool(patience) and since_best >= patience
         if rank == 0:
             shown = ["train/loss", "val/loss", metric] + (["val/hamming_loss"] if task == "multilabel" else [])
-            print(
+            say(
                 f"epoch {epoch + 1}/{t['epochs']}  " + "  ".join(f"{k} {metrics[k]:.4f}" for k in dict.fromkeys(shown))
-                + f"  images/s {metrics['train/images_per_s']:.0f}" + ("  (backbone frozen)" if metrics["frozen_backbone"] else ""),
-                flush=True,
+                + f"  images/s {metrics['train/images_per_s']:.0f}" + ("  (backbone frozen)" if metrics["frozen_backbone"] else "")
             )
             meta = {**config["checkpoint_meta"], "epoch": epoch, "metrics": metrics, "history": history}
             if thresholds is not None:
@@ -448,7 +459,7 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report(metrics)
         if stop:
             if rank == 0:
-                print(f"early stopping: {metric} has not improved for {patience} epochs (best {best:.4f})", flush=True)
+                say(f"early stopping: {metric} has not improved for {patience} epochs (best {best:.4f})")
             break
 
 
@@ -469,7 +480,7 @@ def class_counts(table, classes: list[str], task: str) -> list[int]:
 def train(cfg: Mapping[str, Any]) -> dict:
     """Train from a resolved config (plain dict). Returns a summary with the exported checkpoint URI."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t0 = time.perf_counter()
@@ -528,6 +539,7 @@ def train(cfg: Mapping[str, Any]) -> dict:
             "preprocessing": spec.to_dict(),
             "train_rows": train_rows,
             "checkpoint_meta": meta,
+            "verbose": verbose(cfg["ray"]),
         },
         scaling_config=ScalingConfig(
             num_workers=int(t["num_workers"]),
@@ -542,6 +554,8 @@ def train(cfg: Mapping[str, Any]) -> dict:
             storage_filesystem=arrow_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=int(t["checkpoints_to_keep"]), checkpoint_score_attribute=metric, checkpoint_score_order=mode),
             failure_config=FailureConfig(max_failures=int(t["max_failures"])),
+            # Ray Train's own INFO lines (worker group start, every report) only with ray.verbose=true.
+            logging_config=LoggingConfig(log_level="INFO" if verbose(cfg["ray"]) else "WARNING"),
         ),
     )
     result = trainer.fit()
