@@ -189,12 +189,21 @@ def _read_local(path: str) -> bytes | BaseException:
         return _storage_error(e, path)
 
 
+# S3 answers that s3fs turns into PermissionError but that say nothing about the object: the
+# credentials expired or are wrong, or the clock is off. Fixed, the same read succeeds.
+_CREDENTIAL_CODES = frozenset({"ExpiredToken", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "TokenRefreshRequired", "InvalidToken"})
+
+
 def _storage_error(exc: BaseException, path: str) -> ImageError:
+    """A failed read as an error row: ``MissingObject`` (404) and ``AccessDenied`` (403) are final;
+    everything else (timeouts, 5xx and throttling after the client's retries, resets, credential
+    failures) is ``ReadError``, which is never committed, so the next run retries it (:mod:`.outcome`)."""
     if isinstance(exc, FileNotFoundError):
         return MissingObject(f"no object at {path}")
-    if isinstance(exc, PermissionError):
+    code = str(getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", ""))
+    if isinstance(exc, PermissionError) and code not in _CREDENTIAL_CODES:
         return AccessDenied(f"{path}: {exc}")
-    return ReadError(f"{path}: {type(exc).__name__}: {exc}")
+    return ReadError(f"{path}: {type(exc).__name__}: {code + ': ' if code else ''}{exc}")
 
 
 def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, defer_jpeg: bool = False) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from . import storage as st
+from .tables import catalog_id, table_dir
 
 log = logging.getLogger("catalog_vision")
 
@@ -615,9 +616,9 @@ def evaluate(cfg: Mapping[str, Any], command: str | None = None) -> dict:
 
     pred_uri = None
     if source == "predictions":
-        pred_uri = e.get("predictions") or (st.join(st.absolute(cfg["paths"]["predictions"]), model_id) if model_id else None)
+        pred_uri = e.get("predictions") or (table_dir(cfg["paths"]["predictions"], model_id, catalog_id(cfg["data"])) if model_id else None)
         if not pred_uri:
-            raise ValueError("evaluate.source=predictions needs evaluate.predictions (a backfill run folder or <predictions>/<model_id>) or a checkpoint to find them")
+            raise ValueError("evaluate.source=predictions needs evaluate.predictions (a backfill run folder or <predictions>/<model_id>/<catalog_id>) or a checkpoint to find them")
         pred_uri = st.absolute(pred_uri)
         if not st.exists(pred_uri, storage):
             raise FileNotFoundError(f"evaluate.predictions={pred_uri!r} does not exist; run jobs/backfill.py first or point it at a run folder")
