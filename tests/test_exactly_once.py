@@ -133,8 +133,8 @@ def test_catalogs_with_colliding_ids_never_skip_each_other(ray_local, local_cata
     common = ["experiment=smoke", "data.split=null", f"predictor.checkpoint={random_checkpoint}", f"paths.output={tmp_path}/out"]
     a = backfill(make_cfg(*common, f"data.manifest={tmp_path}/a/manifest.parquet"))
     b = backfill(make_cfg(*common, f"data.manifest={tmp_path}/b/manifest.parquet"))
-    assert a["catalog_id"] != b["catalog_id"]
     assert (a["counts"]["skipped"], b["counts"]["skipped"]) == (0, 0)
+    assert a["catalog_id"] != b["catalog_id"]
     assert b["counts"]["predicted"] + b["counts"]["errors"] == 40
     for run, offset in ((a, 0), (b, 40)):
         rows = read_predictions(run["output"]).to_pylist()
