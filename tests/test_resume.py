@@ -117,7 +117,8 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
     )
 
     def predictor_pids():
-        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+        # This cluster's address: another Ray instance on the machine would make it ambiguous.
+        actors = list_actors(address=ray_local.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], detail=True)
         return [a.pid for a in actors if "Predictor" in (a.class_name or "") and a.pid]
 
     deadline = time.monotonic() + 300

@@ -45,8 +45,9 @@ IF_NO_GPU = ("cpu", "wait", "error")
 DECODE_IN = ("auto", "tasks", "actors")
 
 
-def output_dir(predictions_root: str, model_id: str, run_id: str) -> str:
-    return st.join(st.absolute(predictions_root), model_id, run_id)
+def output_dir(predictions_root: str, model_id: str, catalog: str, run_id: str) -> str:
+    """``<predictions>/<model_id>/<catalog_id>/<run_id>``: one run's folder in the model's table for a catalog."""
+    return st.join(table_dir(predictions_root, model_id, catalog), run_id)
 
 
 def backfill(cfg: Mapping[str, Any]) -> dict:
@@ -90,7 +91,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     run_id = cfg.get("run_id") or new_run_id()
     catalog = catalog_id(data)
     model_dir = table_dir(cfg["paths"]["predictions"], model_id, catalog)
-    out = st.join(model_dir, run_id)
+    out = output_dir(cfg["paths"]["predictions"], model_id, catalog, run_id)
     lease_cfg = cfg["output"].get("lease") or {}
     lease = stack.enter_context(leases.acquire(st.join(model_dir, leases.LEASE_NAME), run_id, storage, ttl_s=float(lease_cfg.get("ttl_s", 300)), wait_s=float(lease_cfg.get("wait_s", 0))))
     run.update(out=out, storage=storage, manifest_head={"run_id": run_id, "model_id": model_id, "catalog_id": catalog, "checkpoint": checkpoint, "output": out, "config": st.redact(dict(cfg))})
