@@ -83,6 +83,7 @@ def test_two_concurrent_backfills_label_each_image_once(ray_local, s3_catalog, r
     assert not st.exists(st.join(table, leases.LEASE_NAME), cfg["storage"])  # released at the end
 
 
+@pytest.mark.slow
 def test_expired_lease_is_taken_over_and_its_writers_cannot_commit(ray_local, s3_catalog, random_checkpoint):
     cfg = make_cfg("experiment=smoke", "storage=s3", f"paths.root={s3_catalog['root']}", f"paths.output={s3_catalog['root']}/expired", f"predictor.checkpoint={random_checkpoint}", "output.lease.ttl_s=30")
     storage = cfg["storage"]
@@ -121,6 +122,7 @@ def test_second_run_waits_for_the_lease_when_asked(tmp_path):
     second.release()
 
 
+@pytest.mark.slow
 def test_catalogs_with_colliding_ids_never_skip_each_other(ray_local, local_catalog, random_checkpoint, tmp_path):
     manifest = pq.read_table(local_catalog["cfg"]["data"]["manifest"])
     base = local_catalog["cfg"]["data"]["manifest"].rsplit("/", 1)[0]
