@@ -2,7 +2,7 @@
 accuracy against the manifest's labels (per split).
 
     python jobs/query.py                                   # the model at predictor.checkpoint
-    python jobs/query.py query.predictions=data/output/predictions/<model_id>/<run_id>
+    python jobs/query.py query.predictions=data/output/predictions/<model_id>/<catalog_id>/<run_id>
 """
 
 import hydra

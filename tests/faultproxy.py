@@ -5,7 +5,11 @@ endpoint, except that it can answer an object GET with a fault first:
 
 * ``503 SlowDown`` (throttling), ``500 InternalError``, a TCP reset, or a delay longer than the
   client's read timeout: each on the first attempt only, so a retrying client succeeds;
-* ``403 AccessDenied``: on every attempt, for keys listed in ``deny``.
+* ``403 AccessDenied``: on every attempt, for keys listed in ``deny``;
+* an outage: ``503 ServiceUnavailable`` on every attempt, for every key (``outage = True``) or for keys
+  ending with one of ``outage`` (a set), until ``outage`` is set back to ``None``.
+
+``first_attempt_faults=False`` turns the first-attempt faults off (only ``deny`` and ``outage``).
 """
 
 from __future__ import annotations
@@ -27,11 +31,16 @@ _ERROR = """<?xml version="1.0" encoding="UTF-8"?>
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, *, fault_prefix: str, deny: set[str] = frozenset(), delay_s: float = 3.0):
+    def __init__(
+        self, upstream: str, *, fault_prefix: str, deny: set[str] = frozenset(), delay_s: float = 3.0, outage: bool | set[str] | None = None,
+        first_attempt_faults: bool = True,
+    ):
         self.upstream = urlsplit(upstream)
         self.fault_prefix = fault_prefix  # only object keys under this path get faults
         self.deny = set(deny)
         self.delay_s = delay_s
+        self.outage = outage
+        self.first_attempt_faults = first_attempt_faults
         self.attempts: Counter = Counter()
         self.injected: Counter = Counter()
         self.lock = threading.Lock()
@@ -49,6 +58,8 @@ class FaultProxy:
                     fault = proxy.fault_for(path)
                     if fault == "deny":
                         return self._error(403, "AccessDenied", "Access Denied")
+                    if fault == "unavailable":
+                        return self._error(503, "ServiceUnavailable", "Service is unable to handle request.")
                     if fault == "slowdown":
                         return self._error(503, "SlowDown", "Please reduce your request rate.")
                     if fault == "internal":
@@ -98,9 +109,12 @@ class FaultProxy:
         with self.lock:
             self.attempts[path] += 1
             attempt = self.attempts[path]
+        outage = self.outage
         if any(path.endswith(d) for d in self.deny):
             fault = "deny"
-        elif attempt > 1:
+        elif outage is True or (outage and any(path.endswith(k) for k in outage)):
+            fault = "unavailable"
+        elif attempt > 1 or not self.first_attempt_faults:
             return None
         else:
             fault = FAULTS[int(hashlib.sha256(path.encode()).hexdigest(), 16) % len(FAULTS)]

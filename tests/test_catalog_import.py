@@ -19,6 +19,7 @@ from catalog_vision import storage as st
 from catalog_vision.catalogs import make_catalog, read_folders, read_product_table, read_table_file
 from catalog_vision.catalogs.splits import assign_splits, check_fractions
 from catalog_vision.data import catalog_table, resolve_classes
+from catalog_vision.tables import catalog_id
 from conftest import BUCKET, make_cfg
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -256,7 +257,7 @@ def test_unknown_class_in_a_later_catalog_is_reported_not_an_error(tmp_path, cap
     for i, p in zip(ids, predicted):
         others = [c for c in classes if c != p]
         rows.append({"image_id": i, "uri": f"{i}.png", "label": p, "score": 0.8, "topk_labels": [p, *others], "topk_scores": [0.8, 0.15, 0.05], "labels": [p], "embedding": [0.0] * model.num_features, "low_confidence": False, "model_id": model_id, "run_id": "run-1", "error": None})
-    commit_batch(pa.Table.from_pylist(rows, schema=predictions_schema(model.num_features)), str(tmp_path / "output" / "predictions" / model_id / "run-1"))
+    commit_batch(pa.Table.from_pylist(rows, schema=predictions_schema(model.num_features)), str(tmp_path / "output" / "predictions" / model_id / catalog_id({"manifest": str(tmp_path / "manifest.parquet")}) / "run-1"))
     cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"data.manifest={tmp_path / 'manifest.parquet'}", f"evaluate.checkpoint={ckpt_dir}", "evaluate.source=predictions")
     m = evaluate(cfg, command="python jobs/evaluate.py evaluate.source=predictions")
     assert m["counts"]["unknown_class"] == 3 and m["counts"]["unknown_classes"] == {"hat": 2, "scarf": 1}

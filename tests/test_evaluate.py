@@ -16,6 +16,7 @@ from PIL import Image
 
 from catalog_vision import storage as st
 from catalog_vision.evaluate import evaluate, multiclass_metrics, multilabel_metrics, reliability, top_confusions
+from catalog_vision.tables import catalog_id
 from conftest import BAD_INPUTS, BUCKET, make_cfg, write_hostile_manifest
 
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -161,7 +162,7 @@ def multilabel_setup(tmp_path):
             }
         )
     rows.append({"image_id": "img-broken", "uri": "images/broken.png", "model_id": model_id, "run_id": "run-1", "error": "TruncatedImage: image file is truncated"})
-    run_dir = str(tmp_path / "output" / "predictions" / model_id / "run-1")
+    run_dir = str(tmp_path / "output" / "predictions" / model_id / catalog_id({"manifest": str(tmp_path / "manifest.parquet")}) / "run-1")
     commit_batch(pa.Table.from_pylist(rows, schema=predictions_schema(model.num_features)), run_dir)
     return {"cfg": cfg, "checkpoint": ckpt_dir, "manifest": str(tmp_path / "manifest.parquet"), "model_id": model_id, "run_dir": run_dir, "tmp": tmp_path}
 
@@ -178,9 +179,9 @@ def test_multilabel_report_from_predictions(multilabel_setup, capsys):
         f"evaluate.output={out}",
         "evaluate.ece_bins=5",
     )
-    # evaluate.predictions=null: the checkpoint's model folder under paths.predictions.
+    # evaluate.predictions=null: the checkpoint's model table for data.manifest under paths.predictions.
     m = evaluate(cfg, command="python jobs/evaluate.py evaluate.source=predictions")
-    assert m["predictions"] == str(s["tmp"] / "output" / "predictions" / s["model_id"])
+    assert m["predictions"] == s["run_dir"].rsplit("/", 1)[0]  # <predictions>/<model_id>/<catalog_id>
     assert m["task"] == "multilabel" and m["model_id"] == s["model_id"]
     assert m["counts"] == {"labeled": 5, "evaluated": 4, "errors": 1, "errors_by_class": {"TruncatedImage": 1}, "missing": 0, "unlabeled_skipped": 0, "unknown_class": 0, "unknown_classes": {}}
     assert m["error_rows"] == [{"image_id": "img-broken", "error": "TruncatedImage: image file is truncated"}]

@@ -70,7 +70,7 @@ def test_backfill_via_ray_job_submit(local_catalog, random_checkpoint, tmp_path)
             time.sleep(3)
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
         assert "backfill summary: 128 inputs = 0 already labeled + 128 predicted + 0 errors" in submit.stdout
-        runs = list((out_root / "predictions").glob("*/submitted"))
+        runs = list((out_root / "predictions").glob("*/*/submitted"))
         assert len(runs) == 1
         table = read_predictions(str(runs[0]))
         assert table.num_rows == 128 and len(table.column("image_id").unique()) == 128

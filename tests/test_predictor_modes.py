@@ -134,7 +134,9 @@ def test_stale_temp_files_are_removed(ray_local, local_catalog, random_checkpoin
 
     from catalog_vision.checkpoint import load
 
-    model_dir = tmp_path / "predictions" / load(random_checkpoint).model_id / "old-run"
+    from catalog_vision.tables import catalog_id
+
+    model_dir = tmp_path / "predictions" / load(random_checkpoint).model_id / catalog_id(local_catalog["cfg"]["data"]) / "old-run"
     model_dir.mkdir(parents=True)
     stale, fresh = model_dir / ".part-aaaa.parquet.1.tmp", model_dir / ".part-bbbb.parquet.2.tmp"
     stale.write_bytes(b"half a file")

@@ -12,6 +12,7 @@ import pytest
 from catalog_vision.backfill import backfill
 from catalog_vision.checkpoint import load
 from catalog_vision.sink import committed_files
+from catalog_vision.tables import catalog_id
 from conftest import REPO, make_cfg
 
 pytestmark = pytest.mark.slow
@@ -29,7 +30,7 @@ def test_driver_killed_mid_run_then_rerun_finishes_only_the_remainder(ray_local,
         "predictor.batch_size=32",
         "data.decode_batch_size=32",
     ]
-    killed_dir = tmp_path / "predictions" / model_id / "killed"
+    killed_dir = tmp_path / "predictions" / model_id / catalog_id(make_cfg(*overrides)["data"]) / "killed"
     # The driver connects to the running local cluster, as a job's driver would.
     driver = subprocess.Popen(
         [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={ray_local.get_runtime_context().gcs_address}", "run_id=killed"],
@@ -109,14 +110,15 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
     model_id = load(random_checkpoint).model_id
     # Batches of 8: a few seconds of actor work, so the kill lands while the actors are busy.
     overrides = [*kill_overrides(local_catalog, random_checkpoint, tmp_path), "predictor.min_actors=2", "predictor.max_actors=2", "predictor.batch_size=8", "data.decode_batch_size=8"]
-    run_dir = tmp_path / "predictions" / model_id / "actor-killed"
+    run_dir = tmp_path / "predictions" / model_id / catalog_id(make_cfg(*overrides)["data"]) / "actor-killed"
     driver = subprocess.Popen(
         [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={ray_local.get_runtime_context().gcs_address}", "run_id=actor-killed"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
     def predictor_pids():
-        actors = list_actors(filters=[("state", "=", "ALIVE")], detail=True)
+        # This cluster's address: another Ray instance on the machine would make it ambiguous.
+        actors = list_actors(address=ray_local.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], detail=True)
         return [a.pid for a in actors if "Predictor" in (a.class_name or "") and a.pid]
 
     deadline = time.monotonic() + 300
@@ -151,7 +153,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
 
     model_id = load(random_checkpoint).model_id
     overrides = kill_overrides(local_catalog, random_checkpoint, tmp_path)
-    model_dir = tmp_path / "predictions" / model_id
+    model_dir = tmp_path / "predictions" / model_id / catalog_id(make_cfg(*overrides)["data"])
 
     def run_driver(cluster, run_id):
         return subprocess.Popen(
@@ -196,12 +198,13 @@ def test_incremental_run_labels_only_new_images(ray_local, local_catalog, random
 
     manifest = pq.read_table(local_catalog["cfg"]["data"]["manifest"])
     manifest = manifest.filter(pc.equal(manifest["split"], "test"))
-    first, grown = tmp_path / "first.parquet", tmp_path / "grown.parquet"
-    pq.write_table(manifest.slice(0, 100), first)
-    pq.write_table(manifest, grown)  # 28 images added
-    base = ["experiment=smoke", "data.split=null", f"predictor.checkpoint={random_checkpoint}", f"paths.output={tmp_path}/out"]
-    a = backfill(make_cfg(*base, f"data.manifest={first}"))
+    # The catalog grows in place: the same manifest URI (the catalog's identity), 28 images added.
+    path = tmp_path / "manifest.parquet"
+    pq.write_table(manifest.slice(0, 100), path)
+    base = ["experiment=smoke", "data.split=null", f"predictor.checkpoint={random_checkpoint}", f"paths.output={tmp_path}/out", f"data.manifest={path}"]
+    a = backfill(make_cfg(*base))
     assert (a["counts"]["skipped"], a["counts"]["predicted"]) == (0, 100)
-    b = backfill(make_cfg(*base, f"data.manifest={grown}"))
+    pq.write_table(manifest, path)
+    b = backfill(make_cfg(*base))
     assert (b["counts"]["skipped"], b["counts"]["predicted"] + b["counts"]["errors"]) == (100, 28)
     assert b["counts"]["model_rows"] == 128

@@ -4,8 +4,10 @@
 [2] Fetch and decode on CPU: in separate tasks when GPUs predict, inside the predictor actors on
     CPU (``predictor.decode_in``); bytes are dropped inside that step.
 [3] Predict in an actor pool (``map_batches`` + ``ActorPoolStrategy``); GPUs by config.
-[4] Commit Parquet files to ``<predictions>/<model_id>/<run_id>/`` (see :mod:`.sink`) and write
-    a run manifest ``_run.json``.
+[4] Commit Parquet files to ``<predictions>/<model_id>/<catalog_id>/<run_id>/`` (see :mod:`.sink`
+    and :mod:`.tables`) and write a run manifest ``_run.json`` with the run's ``status``
+    (:mod:`.outcome`). One run at a time per model and catalog: a lease (:mod:`.lease`) is taken
+    before planning.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import checkpoint as ckpt
+from . import lease as leases
 from . import storage as st
+from .outcome import BackfillFailed, TooManyErrors, find_cause, run_status
+from .tables import catalog_id, table_dir
 from .data import catalog_table, decode_catalog, rows_per_block, to_dataset
 from .sink import commit_batch, committed_files, committed_ids, remove_stale_temp_files
 from .infer import DEVICES, DTYPES, Predictor
@@ -40,22 +45,43 @@ IF_NO_GPU = ("cpu", "wait", "error")
 DECODE_IN = ("auto", "tasks", "actors")
 
 
-def output_dir(predictions_root: str, model_id: str, run_id: str) -> str:
-    return st.join(st.absolute(predictions_root), model_id, run_id)
+def output_dir(predictions_root: str, model_id: str, catalog: str, run_id: str) -> str:
+    """``<predictions>/<model_id>/<catalog_id>/<run_id>``: one run's folder in the model's table for a catalog."""
+    return st.join(table_dir(predictions_root, model_id, catalog), run_id)
 
 
 def backfill(cfg: Mapping[str, Any]) -> dict:
     """Run (or resume) a backfill from a resolved config (plain dict); returns the run manifest.
 
-    Images already committed for this model (by any earlier run, finished or killed) are skipped,
-    so a rerun after a crash, or after images were added to the catalog, labels only the rest.
+    Images already committed for this model and catalog (by any earlier run, finished or killed)
+    are skipped, so a rerun after a crash, after an outage, or after images were added to the
+    catalog, labels only the rest. A run that does not succeed raises :class:`.outcome.BackfillFailed`
+    (its manifest, with ``status``, is in ``_run.json`` and on the exception).
     """
+    run: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        try:
+            manifest = _backfill(cfg, stack, run)
+        except Exception as e:
+            stopped = find_cause(e, (TooManyErrors, leases.LeaseLost))
+            if stopped is None or "out" not in run:
+                raise
+            manifest = {**run["manifest_head"], "status": "failed", "reason": f"{type(stopped).__name__}: {stopped}"}
+            st.write_json(st.join(run["out"], RUN_MANIFEST), manifest, run["storage"])
+            raise BackfillFailed(f"backfill {manifest['run_id']} failed: {manifest['reason']}", manifest) from e
+    if manifest["status"] != "succeeded":
+        raise BackfillFailed(f"backfill {manifest['run_id']} {manifest['status']}: {manifest['reason']}", manifest)
+    return manifest
+
+
+def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) -> dict:
     import ray.data
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     storage, data = cfg["storage"], cfg["data"]
     check_predictor(cfg["predictor"])
+    max_error_fraction(cfg["output"])
     init_ray(cfg["ray"])
     p = effective_predictor(cfg["predictor"], cluster_resource("GPU"))
 
@@ -63,8 +89,12 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     meta = ckpt.read_meta(checkpoint, storage)
     model_id = ckpt.model_id_of(meta)
     run_id = cfg.get("run_id") or new_run_id()
-    model_dir = st.join(st.absolute(cfg["paths"]["predictions"]), model_id)
-    out = st.join(model_dir, run_id)
+    catalog = catalog_id(data)
+    model_dir = table_dir(cfg["paths"]["predictions"], model_id, catalog)
+    out = output_dir(cfg["paths"]["predictions"], model_id, catalog, run_id)
+    lease_cfg = cfg["output"].get("lease") or {}
+    lease = stack.enter_context(leases.acquire(st.join(model_dir, leases.LEASE_NAME), run_id, storage, ttl_s=float(lease_cfg.get("ttl_s", 300)), wait_s=float(lease_cfg.get("wait_s", 0))))
+    run.update(out=out, storage=storage, manifest_head={"run_id": run_id, "model_id": model_id, "catalog_id": catalog, "checkpoint": checkpoint, "output": out, "config": st.redact(dict(cfg))})
 
     removed = remove_stale_temp_files(model_dir, storage)
     if removed:
@@ -123,7 +153,14 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         ds = ds.repartition(target_num_rows_per_block=int(cfg["output"]["rows_per_file"]), strict=True)
         ds = ds.map_batches(
             commit_batch,
-            fn_kwargs={"out_dir": out, "storage": dict(storage), "compression": cfg["output"]["compression"]},
+            fn_kwargs={
+                "out_dir": out,
+                "storage": dict(storage),
+                "compression": cfg["output"]["compression"],
+                "lease_uri": lease.uri,
+                "lease_token": lease.token,
+                "max_error_fraction": max_error_fraction(cfg["output"]),
+            },
             batch_size=None,
             batch_format="pyarrow",
             zero_copy_batch=True,
@@ -134,8 +171,9 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     timings["pipeline_s"] = time.perf_counter() - t0
     precision_reports = collect_reports(st.join(out, PRECISION_REPORTS), storage)
 
-    this_run = count_files([r["file"] for r in receipts], storage)
-    dead_letter = write_dead_letter([r["file"] for r in receipts], st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage) if this_run["errors"] else None
+    files = [r["file"] for r in receipts if r["file"]]
+    this_run = count_files(files, storage)
+    dead_letter = write_dead_letter(files, st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage) if this_run["errors"] else None
     total = count_files(committed_files(model_dir, storage), storage, restrict_to=ids)
     timings["total_s"] = time.perf_counter() - t0
     counts = {
@@ -144,17 +182,24 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
         "predicted": this_run["predicted"],
         "errors": this_run["errors"],
         "errors_by_class": this_run["errors_by_class"],
-        "files": len(receipts),
+        "retry_later": sum(r["retry_later"] for r in receipts),
+        "retry_later_sample": sorted({r["retry_sample"] for r in receipts if r["retry_sample"]})[:5],
+        "files": len(files),
         "model_rows": total["rows"],
         "model_distinct_image_ids": total["distinct_image_ids"],
         "model_errors_by_class": total["errors_by_class"],
     }
-    if counts["skipped"] + counts["predicted"] + counts["errors"] != counts["inputs"] or total["rows"] != total["distinct_image_ids"]:
-        log.error("count mismatch: %s", counts)
+    leases.check(lease.uri, lease.token, storage)  # a run that lost its lease mid-way must not report success
+    status, reason = run_status(counts)
+    if status != "succeeded":
+        log.error("backfill %s %s: %s", run_id, status, reason)
     done_now = counts["predicted"] + counts["errors"]
     manifest = {
         "run_id": run_id,
+        "status": status,
+        "reason": reason,
         "model_id": model_id,
+        "catalog_id": catalog,
         "checkpoint": checkpoint,
         "output": out,
         "dead_letter": dead_letter,
@@ -175,13 +220,23 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
     }
     st.write_json(st.join(out, RUN_MANIFEST), manifest, storage)
     c = counts
+    later = f" + {c['retry_later']} left for a rerun" if c["retry_later"] else ""
     print(
         f"backfill summary: {c['inputs']} inputs = {c['skipped']} already labeled + {c['predicted']} predicted + {c['errors']} errors "
-        f"{json.dumps(c['errors_by_class'])}; {manifest['images_per_s']} images/s; wrote {c['files']} Parquet files to {out}; "
+        f"{json.dumps(c['errors_by_class'])}{later}; {manifest['images_per_s']} images/s; wrote {c['files']} Parquet files to {out}; "
         f"{model_id} now has {c['model_rows']} rows for this catalog",
         flush=True,
     )
     return manifest
+
+
+def max_error_fraction(output: Mapping[str, Any]) -> float | None:
+    value = output.get("max_error_fraction")
+    if value is None:
+        return None
+    if not 0 <= float(value) <= 1:
+        raise ValueError(f"output.max_error_fraction={value!r}: a fraction in [0, 1], or null for no limit")
+    return float(value)
 
 
 def check_predictor(p: Mapping[str, Any]) -> None:

@@ -182,14 +182,42 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
         return [_read_local(st.absolute(u)) for u in uris]
     fs, _ = st.resolve(uris[0], storage)
     paths = [st.resolve(u, storage)[1] for u in uris]
-    got = fs.cat(paths, on_error="return")
-    out: list[bytes | BaseException] = []
-    for p in paths:
-        v = got.get(p, FileNotFoundError(p)) if isinstance(got, dict) else got
-        if isinstance(v, BaseException):
-            v = _storage_error(v, p)
-        out.append(v)
-    return out
+    return [_storage_error(v, p) if isinstance(v, BaseException) else v for p, v in zip(paths, cat_literal(fs, paths))]
+
+
+# Concurrent GETs per fetch call (s3fs's own default for its bulk calls).
+FETCH_CONCURRENCY = 64
+
+
+def cat_literal(fs, paths: Sequence[str]) -> list[bytes | BaseException]:
+    """Each path's bytes (or its exception), fetched concurrently, every path taken literally.
+
+    Not ``fs.cat(paths)``: fsspec expands paths containing ``*``, ``?`` or ``[`` as globs there,
+    so ``shirt[1].jpg`` would be looked up as a character class (a false ``MissingObject``) and a
+    manifest row ``s3://bucket/**`` would download a whole bucket into one task.
+    """
+    if not getattr(fs, "async_impl", False):
+        out: list[bytes | BaseException] = []
+        for p in paths:
+            try:
+                out.append(fs.cat_file(p))
+            except Exception as e:
+                out.append(e)
+        return out
+    import asyncio
+
+    from fsspec.asyn import sync
+
+    async def fetch_all():
+        gate = asyncio.Semaphore(FETCH_CONCURRENCY)
+
+        async def one(p):
+            async with gate:
+                return await fs._cat_file(p)
+
+        return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
+
+    return list(sync(fs.loop, fetch_all))
 
 
 def _read_local(path: str) -> bytes | BaseException:
@@ -202,12 +230,21 @@ def _read_local(path: str) -> bytes | BaseException:
         return _storage_error(e, path)
 
 
+# S3 answers that s3fs turns into PermissionError but that say nothing about the object: the
+# credentials expired or are wrong, or the clock is off. Fixed, the same read succeeds.
+_CREDENTIAL_CODES = frozenset({"ExpiredToken", "InvalidAccessKeyId", "SignatureDoesNotMatch", "RequestTimeTooSkewed", "TokenRefreshRequired", "InvalidToken"})
+
+
 def _storage_error(exc: BaseException, path: str) -> ImageError:
+    """A failed read as an error row: ``MissingObject`` (404) and ``AccessDenied`` (403) are final;
+    everything else (timeouts, 5xx and throttling after the client's retries, resets, credential
+    failures) is ``ReadError``, which is never committed, so the next run retries it (:mod:`.outcome`)."""
     if isinstance(exc, FileNotFoundError):
         return MissingObject(f"no object at {path}")
-    if isinstance(exc, PermissionError):
+    code = str(getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", ""))
+    if isinstance(exc, PermissionError) and code not in _CREDENTIAL_CODES:
         return AccessDenied(f"{path}: {exc}")
-    return ReadError(f"{path}: {type(exc).__name__}: {exc}")
+    return ReadError(f"{path}: {type(exc).__name__}: {code + ': ' if code else ''}{exc}")
 
 
 def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, defer_jpeg: bool = False) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ import pyarrow.dataset as pads
 
 from . import storage as st
 from .sink import committed_files
+from .tables import catalog_id, table_dir
 
 
 def read_predictions(uri: str, storage: Mapping[str, Any] | None = None, columns: list[str] | None = None) -> pa.Table:
@@ -79,7 +80,7 @@ def query(cfg: Mapping[str, Any]) -> dict:
     predictions = q.get("predictions")
     if not predictions:
         model_id = ckpt.model_id_of(ckpt.read_meta(st.absolute(cfg["predictor"]["checkpoint"]), storage))
-        predictions = st.join(st.absolute(cfg["paths"]["predictions"]), model_id)
+        predictions = table_dir(cfg["paths"]["predictions"], model_id, catalog_id(cfg["data"]))
     manifest = cfg["data"].get("manifest") if q.get("with_manifest", True) else None
     out = summarize(st.absolute(predictions), st.absolute(manifest) if manifest else None, storage)
     print_summary(out)

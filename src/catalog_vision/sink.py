@@ -25,10 +25,15 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from . import lease
 from . import storage as st
+from .outcome import TooManyErrors, is_retryable
 
 
 TEMP_SUFFIX = ".tmp"
+# output.max_error_fraction is checked on batches of at least this many rows (a run's short last
+# file of a few rows says little about the storage or the decoder).
+MIN_ROWS_FOR_ERROR_CHECK = 20
 
 
 def part_name(image_ids: list[str]) -> str:
@@ -36,16 +41,48 @@ def part_name(image_ids: list[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-def commit_batch(batch: pa.Table, out_dir: str, storage: Mapping[str, Any] | None = None, compression: str = "zstd") -> pa.Table:
-    """Write ``batch`` as one committed Parquet file; return a one-row receipt."""
+def commit_batch(
+    batch: pa.Table,
+    out_dir: str,
+    storage: Mapping[str, Any] | None = None,
+    compression: str = "zstd",
+    lease_uri: str | None = None,
+    lease_token: str | None = None,
+    max_error_fraction: float | None = None,
+) -> pa.Table:
+    """Write ``batch`` as one committed Parquet file; return a one-row receipt
+    (``file, rows, errors, retry_later, retry_sample``).
+
+    Rows whose error can pass (:data:`.outcome.RETRYABLE_ERRORS`) are not committed: the next run
+    retries them. A batch whose error rows (of any class) pass ``max_error_fraction`` raises
+    :class:`.outcome.TooManyErrors` and commits nothing, and so does a writer whose run no longer
+    holds the lease at ``lease_uri`` (a writer left behind by a killed driver).
+    """
     if batch.num_rows == 0:
-        return pa.table({"file": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+        return _receipt(None, 0, 0, 0, "")
+    errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * batch.num_rows
+    n_errors = sum(e is not None for e in errors)
+    if max_error_fraction is not None and batch.num_rows >= MIN_ROWS_FOR_ERROR_CHECK and n_errors > max_error_fraction * batch.num_rows:
+        sample = sorted({e.split(":", 1)[0] for e in errors if e})
+        raise TooManyErrors(
+            f"{n_errors} of {batch.num_rows} rows in a batch are errors ({sample}), over output.max_error_fraction={max_error_fraction}; "
+            f"stopped before committing them (first: {next(e for e in errors if e)[:300]})"
+        )
+    retry = [is_retryable(e) for e in errors]
+    n_retry = sum(retry)
+    sample = next((e for e, r in zip(errors, retry) if r), "")[:300]
+    if n_retry:
+        batch = batch.filter(pa.array([not r for r in retry]))
+    if batch.num_rows == 0:
+        return _receipt(None, 0, 0, n_retry, sample)
     name = part_name(batch.column("image_id").to_pylist())
     buf = io.BytesIO()
     pq.write_table(batch, buf, compression=compression)
     data = buf.getvalue()
     uri = st.join(out_dir, name)
     fs, path = st.resolve(uri, storage)
+    if lease_uri:
+        lease.check(lease_uri, lease_token or "", storage)
     if st.is_remote(uri):
         fs.pipe_file(path, data)
     else:
@@ -56,7 +93,17 @@ def commit_batch(batch: pa.Table, out_dir: str, storage: Mapping[str, Any] | Non
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    return pa.table({"file": pa.array([uri], pa.string()), "rows": pa.array([batch.num_rows], pa.int64())})
+    return _receipt(uri, batch.num_rows, n_errors - n_retry, n_retry, sample)
+
+
+def _receipt(uri: str | None, rows: int, errors: int, retry_later: int, sample: str) -> pa.Table:
+    return pa.table({
+        "file": pa.array([uri], pa.string()),
+        "rows": pa.array([rows], pa.int64()),
+        "errors": pa.array([errors], pa.int64()),
+        "retry_later": pa.array([retry_later], pa.int64()),
+        "retry_sample": pa.array([sample], pa.string()),
+    })
 
 
 def committed_files(root: str, storage: Mapping[str, Any] | None = None) -> list[str]:
@@ -69,7 +116,8 @@ def committed_files(root: str, storage: Mapping[str, Any] | None = None) -> list
 
 
 def committed_ids(root: str, storage: Mapping[str, Any] | None = None) -> pa.Array:
-    """Every ``image_id`` already committed under ``root`` (all runs of one model)."""
+    """Every ``image_id`` already committed under ``root`` (all runs of one model on one catalog:
+    :func:`.tables.table_dir`)."""
     files = committed_files(root, storage)
     if not files:
         return pa.array([], pa.string())

@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from .. import storage as st
 from ..images import encode_jpeg, encode_png
 from ..runtime import init_ray
+from .table import read_table_file
 
 log = logging.getLogger("catalog_vision")
 
@@ -104,7 +105,7 @@ def build_fashion_mnist(cfg: Mapping[str, Any]) -> dict:
     catalog = st.absolute(cfg["paths"]["catalog"])
     manifest_uri = st.absolute(data["manifest"])
     if st.exists(manifest_uri, storage) and not data.get("overwrite", False):
-        table = _read_manifest(manifest_uri, storage)
+        table = read_table_file(manifest_uri, storage)
         summary = {"catalog": catalog, "manifest": manifest_uri, "images": table.num_rows, "reused": True, "seconds": round(time.perf_counter() - t0, 1)}
         print("make_catalog summary (existing catalog reused; data.overwrite=true rebuilds): " + json.dumps(summary), flush=True)
         return summary
@@ -166,6 +167,3 @@ def build_fashion_mnist(cfg: Mapping[str, Any]) -> dict:
     print("make_catalog summary: " + json.dumps(summary), flush=True)
     return summary
 
-
-def _read_manifest(uri: str, storage: Mapping[str, Any] | None) -> pa.Table:
-    return pq.read_table(io.BytesIO(st.read_bytes(uri, storage)))

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from .. import storage as st
 from ..storage.secrets import redact_command
+from ..tables import catalog_id, table_dir
 from .card import model_card
 from .figures import plot_confusion, plot_history, plot_reliability, plot_roc
 from .metrics import ECE_BINS, multiclass_metrics, multilabel_metrics, top_confusions
@@ -147,10 +148,11 @@ def _model(e: Mapping[str, Any], source: str, storage: Mapping[str, Any]) -> tup
 
 
 def _predictions_uri(cfg: Mapping[str, Any], e: Mapping[str, Any], source: str, model_id: str | None) -> str:
-    pred_uri = e.get("predictions") or (st.join(st.absolute(cfg["paths"]["predictions"]), model_id) if model_id else None)
+    pred_uri = e.get("predictions") or (table_dir(cfg["paths"]["predictions"], model_id, catalog_id(cfg["data"])) if model_id else None)
     if not pred_uri:
         raise ValueError(
-            "evaluate.source=predictions needs evaluate.predictions (a backfill run folder or <predictions>/<model_id>) or a checkpoint to find them"
+            "evaluate.source=predictions needs evaluate.predictions (a backfill run folder or <predictions>/<model_id>/<catalog_id>) "
+            "or a checkpoint to find them"
         )
     pred_uri = st.absolute(pred_uri)
     if not st.exists(pred_uri, cfg["storage"]):
