@@ -105,6 +105,7 @@ class ImageClassifier:
         self.predict_batch.set_batch_wait_timeout_s(float(s["batch_wait_timeout_s"]))
         self.batches = 0
         self.batched_images = 0
+        self.largest_batch = 0
         log.info("serving %s as %r (batches of up to %s images)", self.model_id, self.name, s["max_batch_size"])
 
     # [3] Dynamic batching: one item per image.
@@ -112,6 +113,7 @@ class ImageClassifier:
     async def predict_batch(self, pixels: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         self.batches += 1
         self.batched_images += len(pixels)
+        self.largest_batch = max(self.largest_batch, len(pixels))
         probs, emb = await asyncio.to_thread(self.predictor.predict_pixels, np.stack(pixels))
         return list(zip(probs, emb))
 
@@ -216,4 +218,5 @@ class ImageClassifier:
     @api.get("/stats")
     async def stats(self) -> dict:
         """Batches formed on this replica so far (the benchmark's mean batch size)."""
-        return {"batches": self.batches, "images": self.batched_images, "mean_batch_size": self.batched_images / self.batches if self.batches else 0.0}
+        mean = self.batched_images / self.batches if self.batches else 0.0
+        return {"batches": self.batches, "images": self.batched_images, "mean_batch_size": mean, "max_batch_size": self.largest_batch}
