@@ -334,3 +334,54 @@ def test_default_serve_config_is_valid():
     cfg = make_cfg()
     check_serve(cfg["serve"])
     assert cfg["serve"]["max_ongoing_requests"] >= cfg["serve"]["max_batch_size"]
+
+
+@pytest.mark.slow
+def test_online_answers_equal_the_backfill_on_all_fashion_mnist_test_images(service, direct, fmnist, tmp_path):
+    """All 10,000 Fashion-MNIST test images: backfilled to Parquet, then sent over HTTP (64-image
+    v2 requests, 4 at a time) with the same checkpoint and dtype; same top-1, top-k, scores and
+    embeddings within float tolerance (batches of other sizes round differently)."""
+    import duckdb
+
+    from catalog_vision import make_catalog
+    from catalog_vision.backfill import backfill
+
+    cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"data.source={fmnist}", "data.limit.train=64", "data.limit.val=32", "data.limit.test=null")
+    summary = make_catalog(cfg)
+    cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"predictor.checkpoint={service['checkpoint']}", "predictor.dtype=float32", "output.rows_per_file=100000")
+    run = backfill(cfg)
+    rows = duckdb.connect().execute(
+        f"SELECT image_id, uri, label, score, topk_labels, topk_scores, embedding, error FROM read_parquet('{run['output']}/*.parquet') ORDER BY image_id"
+    ).fetchall()
+    assert summary["splits"]["test"] == len(rows) == 10_000 and all(r[7] is None for r in rows)
+
+    def infer(chunk):
+        images = [open(r[1], "rb").read() for r in chunk]
+        outputs = [{"name": "probabilities", "parameters": {"classification": 5}}, {"name": "label"}, {"name": "score"}, {"name": "embedding"}]
+        r = requests.post(f"{service['url']}/v2/models/{MODEL}/infer", json=infer_body(*images, outputs=outputs), timeout=120)
+        assert r.status_code == 200, r.text
+        return {o["name"]: o for o in r.json()["outputs"]}
+
+    t0 = time.perf_counter()
+    chunks = [rows[i : i + MAX_IMAGES] for i in range(0, len(rows), MAX_IMAGES)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(infer, chunks))
+    seconds = time.perf_counter() - t0
+    labels = [lbl for a in answers for lbl in a["label"]["data"]]
+    scores = np.concatenate([a["score"]["data"] for a in answers])
+    emb = np.concatenate([np.reshape(a["embedding"]["data"], (-1, direct.embedding_dim)) for a in answers])
+    topk = [[cell.split(":", 2) for cell in a["probabilities"]["data"][j * 5 : j * 5 + 5]] for a in answers for j in range(a["probabilities"]["shape"][0])]
+
+    offline_scores = np.array([r[3] for r in rows])
+    offline_topk_scores = np.array([r[5] for r in rows])
+    # A label may differ only where the backfill's top two classes are tied to float noise.
+    near_ties = offline_topk_scores[:, 0] - offline_topk_scores[:, 1] < 1e-5
+    differ = [i for i, r in enumerate(rows) if labels[i] != r[2]]
+    assert all(near_ties[i] and labels[i] == rows[i][4][1] for i in differ), [rows[i][0] for i in differ]
+    # Top-k names agree wherever the backfill's k scores are apart by more than float noise.
+    decisive = (-np.diff(offline_topk_scores, axis=1) > 1e-5).all(axis=1)
+    assert all([c[2] for c in topk[i]] == rows[i][4] for i in np.flatnonzero(decisive))
+    np.testing.assert_allclose(scores, offline_scores, atol=1e-5)
+    np.testing.assert_allclose(np.array([[float(c[0]) for c in t] for t in topk]), offline_topk_scores, atol=1e-5)
+    np.testing.assert_allclose(emb, np.array([r[6] for r in rows]), atol=1e-5)
+    print(f"\n10,000 images over HTTP in {seconds:.1f} s ({10_000 / seconds:.0f} images/s, 64-image requests, 4 clients); top-1 equal on {10_000 - len(differ)}, near-ties {int(near_ties.sum())}, top-5 order compared on {int(decisive.sum())}")

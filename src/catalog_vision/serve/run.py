@@ -33,8 +33,13 @@ def serve_forever(cfg: Mapping[str, Any]) -> None:
 
     start(cfg)
     stop = threading.Event()
+
+    def on_signal(signum, _frame):
+        log.info("%s: shutting down", signal.Signals(signum).name)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
-    log.info("shutting down")
+        signal.signal(sig, on_signal)
+    while not stop.wait(0.5):  # short waits: the handler runs between them
+        pass
     serve.shutdown()
