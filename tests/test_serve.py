@@ -69,14 +69,15 @@ def trained_checkpoint(tmp_path_factory, fmnist_arrays):
 
 
 @pytest.fixture(scope="module")
-def service(ray_local, trained_checkpoint):
+def service(ray_local, trained_checkpoint, tmp_path_factory):
     from ray import serve
 
     port = free_port()
+    predictions = tmp_path_factory.mktemp("served") / "predictions"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = make_cfg(f"predictor.checkpoint={trained_checkpoint}", *SERVE_OVERRIDES)
+    cfg = make_cfg(f"predictor.checkpoint={trained_checkpoint}", f"serve.predictions.root={predictions}", "serve.predictions.flush_seconds=1", *SERVE_OVERRIDES)
     serve.run(build_app(cfg), name="catalog-vision", route_prefix="/")
-    yield {"url": f"http://127.0.0.1:{port}", "cfg": cfg, "checkpoint": trained_checkpoint}
+    yield {"url": f"http://127.0.0.1:{port}", "cfg": cfg, "checkpoint": trained_checkpoint, "predictions": predictions}
     serve.shutdown()
 
 
@@ -162,6 +163,7 @@ def _bad_cases():
         ("classify-multipart-unclosed", "post", "/classify", raw(unclosed, unclosed_type), 400, "closing boundary"),
         ("classify-multipart-no-boundary", "post", "/classify", raw(b"x", "multipart/form-data"), 400, "boundary"),
         ("classify-all-parts-bad", "post", "/classify", raw(*multipart(("a", "a.png", b"", "image/png"), ("b", "b.svg", SVG, "image/svg+xml"))), 400, "all 2 images failed"),
+        ("classify-image-ids-per-file", "post", "/classify", raw(*multipart(("image", "a.png", png, "image/png"), ("image_id", None, b"a", None), ("image_id", None, b"b", None))), 422, "2 image_id fields for 1 files"),
         ("classify-topk-zero", "post", "/classify?topk=0", raw(png, "image/png"), 422, "topk=0"),
         ("classify-topk-not-a-number", "post", "/classify?topk=many", raw(png, "image/png"), 422, "topk"),
         ("infer-malformed-json", "post", infer, raw(b'{"inputs": [', "application/json"), 400, "malformed JSON"),
@@ -174,6 +176,7 @@ def _bad_cases():
         ("infer-bad-base64", "post", infer, {"json": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}}, 422, "not valid base64"),
         ("infer-not-an-image", "post", infer, {"json": infer_body(NOT_AN_IMAGE)}, 422, "NotAnImage"),
         ("infer-too-many-images", "post", infer, {"json": infer_body(*[b"x"] * (MAX_IMAGES + 1))}, 413, f"the limit is {MAX_IMAGES}"),
+        ("infer-image-ids-not-a-list", "post", infer, {"json": {**infer_body(png), "parameters": {"image_id": "sku-1"}}}, 422, "parameters.image_id must be a list of 1"),
         ("infer-unknown-output", "post", infer, {"json": infer_body(png, outputs=[{"name": "logits"}])}, 422, "unknown output 'logits'"),
         ("infer-classification-too-large", "post", infer, {"json": infer_body(png, outputs=[{"name": "probabilities", "parameters": {"classification": 11}}])}, 422, "from 1 to 10"),
         ("infer-classification-on-label", "post", infer, {"json": infer_body(png, outputs=[{"name": "label", "parameters": {"classification": 2}}])}, 422, "applies to output 'probabilities'"),
@@ -310,6 +313,55 @@ def test_still_serving_after_the_bad_requests(service, direct, fmnist_arrays):
     probs, _ = direct.predict_pixels(np.stack([decode(png, direct.spec)]))
     assert r.json()["predictions"][0]["label"] == direct.classes[int(probs[0].argmax())]
     assert requests.get(f"{service['url']}/v2/health/ready", timeout=30).status_code == 200
+
+
+@pytest.mark.slow
+def test_served_images_land_in_the_predictions_table_and_a_backfill_skips_them(service, direct, local_catalog, tmp_path):
+    import duckdb
+
+    from catalog_vision.backfill import backfill
+    from catalog_vision.infer import predictions_schema
+
+    manifest = f"{local_catalog['root']}/catalog/manifest.parquet"
+    catalog = duckdb.connect().execute(f"SELECT image_id, uri FROM read_parquet('{manifest}') WHERE split = 'test' ORDER BY image_id").fetchall()
+    base = str(local_catalog["root"]) + "/catalog"
+    data = {i: open(u if u.startswith("/") else f"{base}/{u}", "rb").read() for i, u in catalog[:6]}
+    ids = list(data)
+    url = service["url"]
+    # Four through the protocol (ids in the request parameters), two through a multipart upload.
+    body = infer_body(*[data[i] for i in ids[:4]], outputs=[{"name": "label"}])
+    body["parameters"] = {"image_id": ids[:4]}
+    assert requests.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=60).status_code == 200
+    form, ctype = multipart(("image", "a.png", data[ids[4]], "image/png"), ("image_id", None, ids[4].encode(), None), ("image", "b.png", data[ids[5]], "image/png"), ("image_id", None, ids[5].encode(), None), ("image", "bad.png", b"nope", "image/png"), ("image_id", None, b"bad-1", None))
+    r = requests.post(f"{url}/classify", data=form, headers={"Content-Type": ctype}, timeout=60)
+    assert r.status_code == 200 and "error" in r.json()["predictions"][2]
+    # Mismatched ids are a 422, and nothing is written for them.
+    body["parameters"] = {"image_id": ids[:3]}
+    assert requests.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=60).status_code == 422
+
+    folder = service["predictions"] / direct.model_id
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and sum(1 for _ in folder.glob("serve-*/*.parquet")) == 0:
+        time.sleep(0.5)  # flush_seconds=1 after the first buffered row
+    files = sorted(folder.glob("serve-*/*.parquet"))
+    assert files and not list(folder.glob("serve-*/.*.tmp"))
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(files[0]).remove_metadata() == predictions_schema(direct.embedding_dim)
+    rows = duckdb.connect().execute(f"SELECT image_id, label, score, embedding, model_id, run_id, error FROM read_parquet('{folder}/serve-*/*.parquet') ORDER BY image_id").fetchall()
+    assert [r[0] for r in rows] == sorted(ids)  # the bad image is not a row
+    probs, emb = direct.predict_pixels(np.stack([decode(data[r[0]], direct.spec) for r in rows]))
+    for r, p, e in zip(rows, probs, emb):
+        assert r[1] == direct.classes[int(p.argmax())] and abs(r[2] - float(p.max())) < 1e-5
+        np.testing.assert_allclose(r[3], e, atol=1e-5)
+        assert r[4] == direct.model_id and r[5].startswith("serve-") and r[6] is None
+
+    # A backfill of the catalog with the same model labels only the rest.
+    cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"data.manifest={manifest}", f"paths.predictions={service['predictions']}", f"predictor.checkpoint={service['checkpoint']}", "predictor.dtype=float32")
+    run = backfill(cfg)
+    assert run["counts"]["skipped"] == 6 and run["counts"]["predicted"] == len(catalog) - 6
+    n, distinct = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id) FROM read_parquet('{folder}/*/*.parquet')").fetchone()
+    assert n == distinct == len(catalog)
 
 
 @pytest.mark.parametrize(

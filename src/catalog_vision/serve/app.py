@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from .. import __version__
 from ..images import ImageError, NotAnImage, Preprocessing, decode, error_string
 from . import protocol
-from .inputs import ApiError, classify_images, parse_json, read_body, status_of
+from .inputs import ApiError, check_image_ids, classify_images, parse_json, read_body, status_of
 
 log = logging.getLogger("catalog_vision")
 
@@ -103,6 +103,12 @@ class ImageClassifier:
         self.model_id = self.predictor.model_id
         self.predict_batch.set_max_batch_size(int(s["max_batch_size"]))
         self.predict_batch.set_batch_wait_timeout_s(float(s["batch_wait_timeout_s"]))
+        t = s.get("predictions") or {}
+        self.writer = None
+        if t.get("write"):
+            from .table import PredictionsWriter
+
+            self.writer = PredictionsWriter(self.predictor, t["root"], cfg.get("storage"), t["flush_rows"], t["flush_seconds"])
         self.batches = 0
         self.batched_images = 0
         self.largest_batch = 0
@@ -117,7 +123,7 @@ class ImageClassifier:
         probs, emb = await asyncio.to_thread(self.predictor.predict_pixels, np.stack(pixels))
         return list(zip(probs, emb))
 
-    async def predict_images(self, images: list[tuple[str, bytes | ImageError]]) -> list:
+    async def predict_images(self, images: list[tuple[str, bytes | ImageError]], image_ids: list[str] | None = None) -> list:
         # [2] Decode with the backfill's decoder.
         spec = self.predictor.spec
         size = sum(len(d) for _, d in images if isinstance(d, bytes))
@@ -126,7 +132,14 @@ class ImageClassifier:
         answers = await asyncio.gather(*(self.predict_batch(decoded[i]) for i in good))
         for i, a in zip(good, answers):
             decoded[i] = a
+        if image_ids is not None and self.writer is not None and good:
+            await self.writer.add([image_ids[i] for i in good], answers)
         return decoded
+
+    async def __del__(self):
+        """Serve calls this when the replica stops: commit what is still buffered."""
+        if getattr(self, "writer", None) is not None:
+            await self.writer.flush()
 
     async def body(self, request: Request) -> bytes:
         return await read_body(request.stream(), request.headers.get("content-length"), self.max_body)
@@ -179,19 +192,21 @@ class ImageClassifier:
             raise ApiError(415, f"unsupported Content-Type {mtype!r}; an inference request is application/json")
         req = parse_json(await self.body(request))
         images, outputs = protocol.parse_infer(req, self.max_images, self.max_topk, len(self.classes))
-        results = await self.predict_images([(str(i), b) for i, b in enumerate(images)])
+        params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+        ids = check_image_ids(params.get("image_id"), len(images))
+        results = await self.predict_images([(str(i), b) for i, b in enumerate(images)], ids)
         fail_if_all_failed(results)
         return protocol.infer_response(self.name, self.model_id, req.get("id"), results, outputs, self.classes, self.predictor.embedding_dim)
 
     # [4] Plain JSON.
     @api.post("/classify")
-    async def classify(self, request: Request, topk: int | None = None, embedding: bool = False) -> dict:
+    async def classify(self, request: Request, topk: Optional[int] = None, embedding: bool = False, image_id: Optional[str] = None) -> dict:
         k = self.topk if topk is None else topk
         limit = min(self.max_topk, len(self.classes))
         if not 1 <= k <= limit:
             raise ApiError(422, f"topk={k}; must be from 1 to {limit}")
-        images = classify_images(await self.body(request), request.headers.get("content-type"), self.max_images)
-        results = await self.predict_images(images)
+        images, ids = classify_images(await self.body(request), request.headers.get("content-type"), self.max_images, image_id)
+        results = await self.predict_images(images, ids)
         fail_if_all_failed(results)
         preds = [self.prediction(name, r, k, embedding) for (name, _), r in zip(images, results)]
         return {"model_id": self.model_id, "predictions": preds}
@@ -214,6 +229,13 @@ class ImageClassifier:
         if with_embedding:
             out["embedding"] = emb.tolist()
         return out
+
+    @api.post("/flush")
+    async def flush(self) -> dict:
+        """Commit the buffered served rows now (also done every flush_rows rows / flush_seconds)."""
+        if self.writer is None:
+            raise ApiError(404, "serve.predictions.write is false: served images are not written to the predictions table")
+        return {"committed": await self.writer.flush(), "folder": self.writer.out}
 
     @api.get("/stats")
     async def stats(self) -> dict:

@@ -29,6 +29,8 @@ def app_config(args: Mapping[str, Any]) -> dict:
     if not p.get("checkpoint"):
         raise ValueError("predictor.checkpoint is not set: a checkpoint directory (local or s3://), e.g. from jobs/train.py")
     p["checkpoint"] = st.absolute(str(p["checkpoint"]))
+    if (s.get("predictions") or {}).get("write"):
+        s["predictions"] = {**s["predictions"], "root": st.absolute(str(s["predictions"]["root"]))}
     return {"predictor": p, "serve": s, "storage": dict(args.get("storage") or {})}
 
 

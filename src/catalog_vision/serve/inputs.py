@@ -80,8 +80,8 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, li
     return bytes(buf)
 
 
-def parse_multipart(body: bytes, params: dict[str, str]) -> tuple[list[tuple[str, bytes, str]], dict[str, str]]:
-    """``multipart/form-data`` → (file parts as ``(filename, bytes, content type)``, text fields).
+def parse_multipart(body: bytes, params: dict[str, str]) -> tuple[list[tuple[str, bytes, str]], list[tuple[str, str]]]:
+    """``multipart/form-data`` → (file parts as ``(filename, bytes, content type)``, text fields as ``(name, value)``).
 
     A minimal RFC 7578 reader: exact bytes, no temp files, and the caller has already capped the body."""
     boundary = params.get("boundary")
@@ -91,7 +91,7 @@ def parse_multipart(body: bytes, params: dict[str, str]) -> tuple[list[tuple[str
     pieces = body.split(delim)
     if len(pieces) < 3 or not pieces[-1].startswith(b"--"):
         raise ApiError(400, "malformed multipart body: missing the closing boundary")
-    files, fields = [], {}
+    files, fields = [], []
     for piece in pieces[1:-1]:
         if not piece.startswith(b"\r\n"):
             raise ApiError(400, "malformed multipart body: boundary not followed by CRLF")
@@ -108,16 +108,22 @@ def parse_multipart(body: bytes, params: dict[str, str]) -> tuple[list[tuple[str
         if filename is not None:
             files.append((filename or name, data, media_type(headers.get("content-type"))[0]))
         else:
-            fields[name] = data.decode("utf-8", errors="replace")
+            fields.append((name, data.decode("utf-8", errors="replace")))
     return files, fields
 
 
-def classify_images(body: bytes, content_type: str | None, max_images: int) -> list[tuple[str, bytes | ImageError]]:
-    """``POST /classify`` body → ``[(name, bytes or a per-image error)]``: raw image bytes (one image)
-    or a multipart upload (one image per file part)."""
+def classify_images(body: bytes, content_type: str | None, max_images: int, image_id: str | None = None) -> tuple[list[tuple[str, bytes | ImageError]], list[str] | None]:
+    """``POST /classify`` body → (``[(name, bytes or a per-image error)]``, image ids or ``None``): raw
+    image bytes (one image; its id from the ``image_id`` query parameter) or a multipart upload (one
+    image per file part; ids from ``image_id`` text fields, one per file, in order)."""
     mtype, params = media_type(content_type)
     if mtype == MULTIPART:
-        files, _ = parse_multipart(body, params)
+        files, fields = parse_multipart(body, params)
+        ids = [v for k, v in fields if k == "image_id"] or None
+        if image_id is not None:
+            raise ApiError(422, "with a multipart upload, send image ids as 'image_id' form fields (one per file), not as a query parameter")
+        if ids is not None and len(ids) != len(files):
+            raise ApiError(422, f"{len(ids)} image_id fields for {len(files)} files; send one per file, in order")
         if not files:
             raise ApiError(400, "multipart/form-data request without any file part; send images as file parts, e.g. curl -F image=@shirt.png")
         check_count(len(files), max_images)
@@ -128,14 +134,14 @@ def classify_images(body: bytes, content_type: str | None, max_images: int) -> l
                 out.append((filename, data))
             except ImageError as e:
                 out.append((filename, e))
-        return out
+        return out, ids
     if mtype in VECTOR_TYPES:
         raise ApiError(415, f"Content-Type {mtype} is a vector/document format; send a raster image (PNG, JPEG, WebP, GIF, TIFF, BMP)")
     if mtype and mtype != "application/octet-stream" and not mtype.startswith("image/"):
         raise ApiError(415, f"unsupported Content-Type {mtype!r}; send raw image bytes as image/* or application/octet-stream, or {MULTIPART} with file parts")
     if not body:
         raise ApiError(400, "empty request body; send the image bytes")
-    return [("image", body)]
+    return [("image", body)], None if image_id is None else [image_id]
 
 
 def check_count(n: int, max_images: int) -> None:
@@ -159,3 +165,12 @@ def b64decode(s: Any, i: int) -> bytes:
         return base64.b64decode(s, validate=True)
     except (binascii.Error, ValueError) as e:
         raise ApiError(422, f"inputs[0].data[{i}] is not valid base64: {e}") from None
+
+
+def check_image_ids(ids, n: int) -> list[str] | None:
+    """The v2 request's ``parameters.image_id``: ``None`` or one non-empty string per image."""
+    if ids is None:
+        return None
+    if not isinstance(ids, list) or len(ids) != n or not all(isinstance(i, str) and i for i in ids):
+        raise ApiError(422, f"parameters.image_id must be a list of {n} non-empty strings, one per image")
+    return ids
