@@ -82,7 +82,8 @@ def test_local_backfill_with_corrupt_inputs(local_catalog, random_checkpoint, tm
     assert not (Path(out["output"]) / "_precision").exists()  # the per-host reports are folded in
 
     # Offline == direct: the same checkpoint on the same bytes gives the same label and score.
-    predictor = Predictor(random_checkpoint, topk=5)
+    # The dtype the backfill ran: dtype=auto is a per-host timing, and the machine-wide cache may hold another choice.
+    predictor = Predictor(random_checkpoint, topk=5, dtype=pred["resolved_dtype"])
     spec = Preprocessing.from_dict(predictor.loaded.preprocessing)
     sample = [r for r in table.to_pylist() if r["error"] is None][:16]
     pixels = np.stack([decode(Path(r["uri"]).read_bytes(), spec) for r in sample])

@@ -254,6 +254,17 @@ class Predictor:
         return out, errors
 
     def predict_table(self, image_id, uri, pixels, errors) -> pa.Table:
+        errors = [str(e) if is_error(e) else None for e in errors]
+        ok = np.array([e is None for e in errors], dtype=bool)
+        outputs = None
+        if ok.any():
+            outputs = self.predict_pixels(pixels[torch.from_numpy(ok)] if isinstance(pixels, torch.Tensor) else pixels[ok])
+        return self.table_from_outputs(image_id, uri, outputs, errors)
+
+    def table_from_outputs(self, image_id, uri, outputs: tuple[np.ndarray, np.ndarray] | None, errors) -> pa.Table:
+        """Rows in the predictions schema from :meth:`predict_pixels`' ``(probabilities, embeddings)``
+        of the rows without an error (``None`` when every row has one). Serving builds its table rows
+        here too, from the outputs it already answered with."""
         n = len(image_id)
         errors = [str(e) if is_error(e) else None for e in errors]
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -263,8 +274,8 @@ class Predictor:
         top_i = np.zeros((n, k), dtype=np.int64)
         above = np.zeros((n, len(self.classes)), dtype=bool)
         if ok.any():
-            probs, feats = self.predict_pixels(pixels[torch.from_numpy(ok)] if isinstance(pixels, torch.Tensor) else pixels[ok])
-            s, i = torch.topk(torch.from_numpy(probs), k, dim=1)
+            probs, feats = outputs
+            s, i = torch.topk(torch.from_numpy(np.ascontiguousarray(probs)), k, dim=1)
             top_s[ok], top_i[ok] = s.numpy(), i.numpy()
             emb[ok] = feats
             if self.task == "multilabel":

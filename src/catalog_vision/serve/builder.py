@@ -1,0 +1,41 @@
+"""Serve's application-builder pattern: ``build_app(args)`` → a bound ``Application``.
+
+``args`` is the resolved project config (``predictor``, ``serve``, ``storage``), as ``jobs/serve.py``
+composes it, or the same keys from a Serve config file's ``args``. No I/O happens until a replica
+starts: each replica loads the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .config import check_serve, deployment_options
+
+
+def app_config(args: Mapping[str, Any]) -> dict:
+    """The plain config a replica receives, checked; the checkpoint path made absolute here, since
+    replicas run in other working directories."""
+    from .. import storage as st
+    from ..infer import TTA, check_dtype
+
+    missing = [k for k in ("predictor", "serve") if k not in args]
+    if missing:
+        raise ValueError(f"build_app needs the config sections {missing} (compose conf/config.yaml, as jobs/serve.py does)")
+    p, s = dict(args["predictor"]), dict(args["serve"])
+    check_serve(s)
+    check_dtype(p["dtype"])
+    if (p.get("tta") or "none") not in TTA:
+        raise ValueError(f"predictor.tta={p['tta']!r}; choose one of {list(TTA)}")
+    if not p.get("checkpoint"):
+        raise ValueError("predictor.checkpoint is not set: a checkpoint directory (local or s3://), e.g. from jobs/train.py")
+    p["checkpoint"] = st.absolute(str(p["checkpoint"]))
+    if (s.get("predictions") or {}).get("write"):
+        s["predictions"] = {**s["predictions"], "root": st.absolute(str(s["predictions"]["root"]))}
+    return {"predictor": p, "serve": s, "storage": dict(args.get("storage") or {})}
+
+
+def build_app(args: Mapping[str, Any]):
+    from .app import ImageClassifier
+
+    cfg = app_config(args)
+    return ImageClassifier.options(**deployment_options(cfg["serve"])).bind(cfg)
