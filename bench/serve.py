@@ -87,8 +87,10 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     base = make_cfg(f"predictor.checkpoint={args.checkpoint}", "serve.predictions.write=false", *args.overrides)
     batch = int(base["serve"]["max_batch_size"])
-    print(f"# checkpoint {args.checkpoint}; serve.max_batch_size={batch}, batch_wait_timeout_s={base['serve']['batch_wait_timeout_s']}, "
-          f"max_ongoing_requests={base['serve']['max_ongoing_requests']}, replicas={base['serve']['num_replicas']}, predictor.dtype={base['predictor']['dtype']}")
+    print(
+        f"# checkpoint {args.checkpoint}; serve.max_batch_size={batch}, batch_wait_timeout_s={base['serve']['batch_wait_timeout_s']}, "
+        f"max_ongoing_requests={base['serve']['max_ongoing_requests']}, replicas={base['serve']['num_replicas']}, predictor.dtype={base['predictor']['dtype']}"
+    )
     print("| batching | request | concurrency | requests | req/s | images/s | p50 ms | p95 ms | p99 ms | mean batch | errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     counter = iter(range(10**9))
@@ -97,7 +99,10 @@ def main() -> None:
         r = s.post(f"{url}/classify", data=pngs[next(counter) % len(pngs)], headers={"Content-Type": "image/png"}, timeout=30)
         return r.status_code == 200
 
-    body64 = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [64], "data": [base64.b64encode(b).decode() for b in pngs[:64]]}], "outputs": [{"name": "label"}, {"name": "score"}]}
+    body64 = {
+        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [64], "data": [base64.b64encode(b).decode() for b in pngs[:64]]}],
+        "outputs": [{"name": "label"}, {"name": "score"}],
+    }
 
     def sixty_four(s):
         r = s.post(f"{url}/v2/models/{base['serve']['model_name']}/infer", json=body64, timeout=60)
@@ -107,14 +112,23 @@ def main() -> None:
     for mode, max_batch in (("on", batch), ("off", 1)):
         cfg = make_cfg(f"predictor.checkpoint={args.checkpoint}", "serve.predictions.write=false", *args.overrides, f"serve.max_batch_size={max_batch}")
         serve.run(build_app(cfg), name=cfg["serve"]["model_name"], route_prefix="/")
-        for name, send, images, concurrency in (("1 image", one, 1, 1), ("1 image", one, 1, 8), ("1 image", one, 1, 32), ("64 images", sixty_four, 64, 1), ("64 images", sixty_four, 64, 4)):
+        for name, send, images, concurrency in (
+            ("1 image", one, 1, 1),
+            ("1 image", one, 1, 8),
+            ("1 image", one, 1, 32),
+            ("64 images", sixty_four, 64, 1),
+            ("64 images", sixty_four, 64, 4),
+        ):
             closed_loop(send, concurrency, 1.0, 10**6)  # warm-up
             before = requests.get(f"{url}/stats", timeout=30).json()
             lat, errors, wall = closed_loop(send, concurrency, args.seconds, args.max_requests)
             after = requests.get(f"{url}/stats", timeout=30).json()
             mean_batch = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
             p50, p95, p99 = (np.percentile(lat, q) * 1e3 for q in (50, 95, 99)) if lat else (float("nan"),) * 3
-            print(f"| {mode} | {name} | {concurrency} | {len(lat)} | {len(lat) / wall:.0f} | {len(lat) * images / wall:.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {mean_batch:.1f} | {errors} |", flush=True)
+            print(
+                f"| {mode} | {name} | {concurrency} | {len(lat)} | {len(lat) / wall:.0f} | {len(lat) * images / wall:.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {mean_batch:.1f} | {errors} |",
+                flush=True,
+            )
             if mode == "on" and name == "1 image" and concurrency == 1:
                 single_c1 = p50
 
@@ -126,7 +140,9 @@ def main() -> None:
         p.predict_pixels(np.stack([decode(pngs[i % len(pngs)], p.spec)]))
         times.append(time.perf_counter() - t)
     direct = float(np.median(times[50:])) * 1e3
-    print(f"\ndirect decode + predict_pixels, 1 image: p50 {direct:.2f} ms; over HTTP (batching on, concurrency 1): p50 {single_c1:.2f} ms; Serve overhead {single_c1 - direct:.2f} ms")
+    print(
+        f"\ndirect decode + predict_pixels, 1 image: p50 {direct:.2f} ms; over HTTP (batching on, concurrency 1): p50 {single_c1:.2f} ms; Serve overhead {single_c1 - direct:.2f} ms"
+    )
     serve.shutdown()
     ray.shutdown()
 

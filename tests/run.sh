@@ -6,4 +6,6 @@ set -euo pipefail
 CV_EXTRAS=test source "$(dirname "${BASH_SOURCE[0]}")/../jobs/setup_env.sh"
 cd "$REPO"
 ruff check .
+# Test files or node ids first (bash tests/run.sh tests/test_serve.py -x): just those; else the suite.
+if [ $# -gt 0 ] && [ -e "${1%%::*}" ]; then exec python -m pytest "$@"; fi
 exec python -m pytest tests "$@"

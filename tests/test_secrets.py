@@ -2,8 +2,11 @@
 presigned-URL signatures in the manifest. The jobs run as users run them (``python jobs/...``, Hydra
 outputs included) and every file they leave is searched, Parquet by its decoded contents."""
 
+import functools
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog_vision.storage.secrets import redact, redact_command, redact_text, redact_url
-from conftest import REPO, free_port
+from conftest import REPO
 
 pytestmark = pytest.mark.slow
 
@@ -42,10 +45,15 @@ def written_text(root: Path) -> dict[str, str]:
 
 def test_no_secrets_in_job_outputs(local_catalog, random_checkpoint, tmp_path):
     rows = pq.read_table(local_catalog["cfg"]["data"]["manifest"]).filter(pa.compute.equal(pa.compute.field("split"), "test")).slice(0, 24)
-    dead = f"127.0.0.1:{free_port()}"  # nothing listens: these rows become error rows, with their URIs in the tables
+    # An HTTP server with nothing to serve: 404, so these rows become (final) MissingObject error rows with their URIs in the tables.
+    empty = tmp_path / "www"
+    empty.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SimpleHTTPRequestHandler, directory=str(empty)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dead = f"127.0.0.1:{server.server_address[1]}"
     hostile = [
-        f"https://buyer:PLANTED-PASSWORD@{dead}/p/1.jpg?X-Amz-Signature=PLANTED-SIGNATURE&X-Amz-Credential=PLANTED-CREDENTIAL&v=2",
-        f"https://{dead}/p/2.jpg?token=PLANTED-TOKEN",
+        f"http://buyer:PLANTED-PASSWORD@{dead}/p/1.jpg?X-Amz-Signature=PLANTED-SIGNATURE&X-Amz-Credential=PLANTED-CREDENTIAL&v=2",
+        f"http://{dead}/p/2.jpg?token=PLANTED-TOKEN",
     ]
     label = rows.column("label")[0].as_py()
     extra = pa.table({c: pa.array([f"hostile-{i}" if c == "image_id" else hostile[i] if c == "uri" else label if c == "label" else "test"
@@ -59,7 +67,11 @@ def test_no_secrets_in_job_outputs(local_catalog, random_checkpoint, tmp_path):
         ["jobs/evaluate.py", *common, "evaluate.source=predictions", f"hydra.run.dir={tmp_path / 'run' / 'hydra-evaluate'}"],
     ]
     for job in jobs:
-        done = subprocess.run([sys.executable, *job], cwd=REPO, capture_output=True, text=True, timeout=600)
+        try:
+            done = subprocess.run([sys.executable, *job], cwd=REPO, capture_output=True, text=True, timeout=600)
+        finally:
+            if job is jobs[-1]:
+                server.shutdown()
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         printed = done.stdout + done.stderr
         assert not [s for s in PLANTED if s in printed], printed[-3000:]
@@ -71,8 +83,8 @@ def test_no_secrets_in_job_outputs(local_catalog, random_checkpoint, tmp_path):
     # The hostile rows are still accounted for: error rows whose uri keeps everything but the credentials.
     table = pq.read_table(next(Path(f) for f in texts if f.endswith(".parquet") and "/predictions/" in f and "hostile" in texts[f]))
     got = {r["image_id"]: r for r in table.to_pylist() if r["image_id"].startswith("hostile-")}
-    assert got["hostile-0"]["uri"] == f"https://***@{dead}/p/1.jpg?X-Amz-Signature=***&X-Amz-Credential=***&v=2"
-    assert got["hostile-1"]["uri"] == f"https://{dead}/p/2.jpg?token=***"
-    assert all(r["error"] and r["label"] is None for r in got.values())
+    assert got["hostile-0"]["uri"] == f"http://***@{dead}/p/1.jpg?X-Amz-Signature=***&X-Amz-Credential=***&v=2"
+    assert got["hostile-1"]["uri"] == f"http://{dead}/p/2.jpg?token=***"
+    assert all(r["error"].startswith("MissingObject") and r["label"] is None for r in got.values())
     card = next(t for f, t in texts.items() if f.endswith("model_card.md"))
     assert "+storage.aws_secret_access_key=***" in card  # the command is recorded, with the value masked

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import io
 import struct
 import time
 import zlib
@@ -33,6 +32,8 @@ SERVE_OVERRIDES = [
     f"serve.max_images_per_request={MAX_IMAGES}",
     "predictor.dtype=float32",
 ]
+
+CATALOG = "served-catalog"  # serve.predictions.catalog_id and the later backfill's data.catalog_id
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,15 @@ def trained_checkpoint(tmp_path_factory, fmnist_arrays):
             opt.step()
     model.eval()
     path = tmp_path_factory.mktemp("serve-ckpt") / "model"
-    meta = {"model": cfg["model"], "classes": cfg["data"]["classes"], "preprocessing": cfg["data"]["preprocessing"], "task": "multiclass", "embedding_dim": model.num_features, "epoch": 2, "metrics": {}}
+    meta = {
+        "model": cfg["model"],
+        "classes": cfg["data"]["classes"],
+        "preprocessing": cfg["data"]["preprocessing"],
+        "task": "multiclass",
+        "embedding_dim": model.num_features,
+        "epoch": 2,
+        "metrics": {},
+    }
     return ckpt.save(str(path), model, meta)
 
 
@@ -75,7 +84,13 @@ def service(ray_local, trained_checkpoint, tmp_path_factory):
     port = free_port()
     predictions = tmp_path_factory.mktemp("served") / "predictions"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cfg = make_cfg(f"predictor.checkpoint={trained_checkpoint}", f"serve.predictions.root={predictions}", "serve.predictions.flush_seconds=1", *SERVE_OVERRIDES)
+    cfg = make_cfg(
+        f"predictor.checkpoint={trained_checkpoint}",
+        f"serve.predictions.root={predictions}",
+        f"serve.predictions.catalog_id={CATALOG}",
+        "serve.predictions.flush_seconds=1",
+        *SERVE_OVERRIDES,
+    )
     serve.run(build_app(cfg), name="catalog-vision", route_prefix="/")
     yield {"url": f"http://127.0.0.1:{port}", "cfg": cfg, "checkpoint": trained_checkpoint, "predictions": predictions}
     serve.shutdown()
@@ -162,25 +177,95 @@ def _bad_cases():
         ("classify-multipart-no-files", "post", "/classify", raw(no_files, no_files_type), 400, "without any file part"),
         ("classify-multipart-unclosed", "post", "/classify", raw(unclosed, unclosed_type), 400, "closing boundary"),
         ("classify-multipart-no-boundary", "post", "/classify", raw(b"x", "multipart/form-data"), 400, "boundary"),
-        ("classify-all-parts-bad", "post", "/classify", raw(*multipart(("a", "a.png", b"", "image/png"), ("b", "b.svg", SVG, "image/svg+xml"))), 400, "all 2 images failed"),
-        ("classify-image-ids-per-file", "post", "/classify", raw(*multipart(("image", "a.png", png, "image/png"), ("image_id", None, b"a", None), ("image_id", None, b"b", None))), 422, "2 image_id fields for 1 files"),
+        (
+            "classify-all-parts-bad",
+            "post",
+            "/classify",
+            raw(*multipart(("a", "a.png", b"", "image/png"), ("b", "b.svg", SVG, "image/svg+xml"))),
+            400,
+            "all 2 images failed",
+        ),
+        (
+            "classify-image-ids-per-file",
+            "post",
+            "/classify",
+            raw(*multipart(("image", "a.png", png, "image/png"), ("image_id", None, b"a", None), ("image_id", None, b"b", None))),
+            422,
+            "2 image_id fields for 1 files",
+        ),
         ("classify-topk-zero", "post", "/classify?topk=0", raw(png, "image/png"), 422, "topk=0"),
         ("classify-topk-not-a-number", "post", "/classify?topk=many", raw(png, "image/png"), 422, "topk"),
         ("infer-malformed-json", "post", infer, raw(b'{"inputs": [', "application/json"), 400, "malformed JSON"),
         ("infer-empty-body", "post", infer, raw(b"", "application/json"), 400, "empty request body"),
         ("infer-not-an-object", "post", infer, {"json": [1, 2]}, 422, "must be a JSON object"),
         ("infer-no-inputs", "post", infer, {"json": {"outputs": []}}, 422, "'inputs'"),
-        ("infer-unknown-input", "post", infer, {"json": {"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": [b64(png)]}]}}, 422, "unknown input 'pixels'"),
-        ("infer-wrong-datatype", "post", infer, {"json": {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.5]}]}}, 422, "expected 'BYTES'"),
-        ("infer-shape-mismatch", "post", infer, {"json": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "data": [b64(png)]}]}}, 422, "holds 3 elements"),
-        ("infer-bad-base64", "post", infer, {"json": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}}, 422, "not valid base64"),
+        (
+            "infer-unknown-input",
+            "post",
+            infer,
+            {"json": {"inputs": [{"name": "pixels", "datatype": "BYTES", "shape": [1], "data": [b64(png)]}]}},
+            422,
+            "unknown input 'pixels'",
+        ),
+        (
+            "infer-wrong-datatype",
+            "post",
+            infer,
+            {"json": {"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.5]}]}},
+            422,
+            "expected 'BYTES'",
+        ),
+        (
+            "infer-shape-mismatch",
+            "post",
+            infer,
+            {"json": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "data": [b64(png)]}]}},
+            422,
+            "holds 3 elements",
+        ),
+        (
+            "infer-bad-base64",
+            "post",
+            infer,
+            {"json": {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["not base64!"]}]}},
+            422,
+            "not valid base64",
+        ),
         ("infer-not-an-image", "post", infer, {"json": infer_body(NOT_AN_IMAGE)}, 422, "NotAnImage"),
         ("infer-too-many-images", "post", infer, {"json": infer_body(*[b"x"] * (MAX_IMAGES + 1))}, 413, f"the limit is {MAX_IMAGES}"),
-        ("infer-image-ids-not-a-list", "post", infer, {"json": {**infer_body(png), "parameters": {"image_id": "sku-1"}}}, 422, "parameters.image_id must be a list of 1"),
+        (
+            "infer-image-ids-not-a-list",
+            "post",
+            infer,
+            {"json": {**infer_body(png), "parameters": {"image_id": "sku-1"}}},
+            422,
+            "parameters.image_id must be a list of 1",
+        ),
         ("infer-unknown-output", "post", infer, {"json": infer_body(png, outputs=[{"name": "logits"}])}, 422, "unknown output 'logits'"),
-        ("infer-classification-too-large", "post", infer, {"json": infer_body(png, outputs=[{"name": "probabilities", "parameters": {"classification": 11}}])}, 422, "from 1 to 10"),
-        ("infer-classification-on-label", "post", infer, {"json": infer_body(png, outputs=[{"name": "label", "parameters": {"classification": 2}}])}, 422, "applies to output 'probabilities'"),
-        ("infer-binary-data", "post", infer, {"json": infer_body(png, outputs=[{"name": "label", "parameters": {"binary_data": True}}])}, 400, "binary tensor data extension"),
+        (
+            "infer-classification-too-large",
+            "post",
+            infer,
+            {"json": infer_body(png, outputs=[{"name": "probabilities", "parameters": {"classification": 11}}])},
+            422,
+            "from 1 to 10",
+        ),
+        (
+            "infer-classification-on-label",
+            "post",
+            infer,
+            {"json": infer_body(png, outputs=[{"name": "label", "parameters": {"classification": 2}}])},
+            422,
+            "applies to output 'probabilities'",
+        ),
+        (
+            "infer-binary-data",
+            "post",
+            infer,
+            {"json": infer_body(png, outputs=[{"name": "label", "parameters": {"binary_data": True}}])},
+            400,
+            "binary tensor data extension",
+        ),
         ("infer-text-plain", "post", infer, raw(b"{}", "text/plain"), 415, "application/json"),
         ("infer-unknown-model", "post", "/v2/models/resnet/infer", {"json": infer_body(png)}, 404, "unknown model 'resnet'"),
         ("metadata-unknown-model", "get", "/v2/models/resnet", {}, 404, "unknown model 'resnet'"),
@@ -236,7 +321,9 @@ def test_classify_raw_and_multipart_match_the_direct_predictor(service, direct, 
     assert p["low_confidence"] == (p["score"] < direct.threshold)
 
     # Several images in one upload, one of them bad: the bad one is a per-item error, the others answered.
-    body, ctype = multipart(("image", "a.png", pngs[1], "image/png"), ("image", "broken.jpg", truncated_jpeg(), "image/jpeg"), ("image", "c.png", pngs[2], "image/png"))
+    body, ctype = multipart(
+        ("image", "a.png", pngs[1], "image/png"), ("image", "broken.jpg", truncated_jpeg(), "image/jpeg"), ("image", "c.png", pngs[2], "image/png")
+    )
     r = requests.post(f"{url}/classify?topk=2", data=body, headers={"Content-Type": ctype}, timeout=60)
     assert r.status_code == 200, r.text
     a, broken, c = r.json()["predictions"]
@@ -332,14 +419,21 @@ def test_served_images_land_in_the_predictions_table_and_a_backfill_skips_them(s
     body = infer_body(*[data[i] for i in ids[:4]], outputs=[{"name": "label"}])
     body["parameters"] = {"image_id": ids[:4]}
     assert requests.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=60).status_code == 200
-    form, ctype = multipart(("image", "a.png", data[ids[4]], "image/png"), ("image_id", None, ids[4].encode(), None), ("image", "b.png", data[ids[5]], "image/png"), ("image_id", None, ids[5].encode(), None), ("image", "bad.png", b"nope", "image/png"), ("image_id", None, b"bad-1", None))
+    form, ctype = multipart(
+        ("image", "a.png", data[ids[4]], "image/png"),
+        ("image_id", None, ids[4].encode(), None),
+        ("image", "b.png", data[ids[5]], "image/png"),
+        ("image_id", None, ids[5].encode(), None),
+        ("image", "bad.png", b"nope", "image/png"),
+        ("image_id", None, b"bad-1", None),
+    )
     r = requests.post(f"{url}/classify", data=form, headers={"Content-Type": ctype}, timeout=60)
     assert r.status_code == 200 and "error" in r.json()["predictions"][2]
     # Mismatched ids are a 422, and nothing is written for them.
     body["parameters"] = {"image_id": ids[:3]}
     assert requests.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=60).status_code == 422
 
-    folder = service["predictions"] / direct.model_id
+    folder = service["predictions"] / direct.model_id / CATALOG  # the model's table for the catalog the service names
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and sum(1 for _ in folder.glob("serve-*/*.parquet")) == 0:
         time.sleep(0.5)  # flush_seconds=1 after the first buffered row
@@ -348,7 +442,11 @@ def test_served_images_land_in_the_predictions_table_and_a_backfill_skips_them(s
     import pyarrow.parquet as pq
 
     assert pq.read_schema(files[0]).remove_metadata() == predictions_schema(direct.embedding_dim)
-    rows = duckdb.connect().execute(f"SELECT image_id, label, score, embedding, model_id, run_id, error FROM read_parquet('{folder}/serve-*/*.parquet') ORDER BY image_id").fetchall()
+    rows = (
+        duckdb.connect()
+        .execute(f"SELECT image_id, label, score, embedding, model_id, run_id, error FROM read_parquet('{folder}/serve-*/*.parquet') ORDER BY image_id")
+        .fetchall()
+    )
     assert [r[0] for r in rows] == sorted(ids)  # the bad image is not a row
     probs, emb = direct.predict_pixels(np.stack([decode(data[r[0]], direct.spec) for r in rows]))
     for r, p, e in zip(rows, probs, emb):
@@ -357,7 +455,15 @@ def test_served_images_land_in_the_predictions_table_and_a_backfill_skips_them(s
         assert r[4] == direct.model_id and r[5].startswith("serve-") and r[6] is None
 
     # A backfill of the catalog with the same model labels only the rest.
-    cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"data.manifest={manifest}", f"paths.predictions={service['predictions']}", f"predictor.checkpoint={service['checkpoint']}", "predictor.dtype=float32")
+    cfg = make_cfg(
+        "experiment=smoke",
+        f"paths.root={tmp_path}",
+        f"data.manifest={manifest}",
+        f"data.catalog_id={CATALOG}",
+        f"paths.predictions={service['predictions']}",
+        f"predictor.checkpoint={service['checkpoint']}",
+        "predictor.dtype=float32",
+    )
     run = backfill(cfg)
     assert run["counts"]["skipped"] == 6 and run["counts"]["predicted"] == len(catalog) - 6
     n, distinct = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id) FROM read_parquet('{folder}/*/*.parquet')").fetchone()
@@ -400,11 +506,17 @@ def test_online_answers_equal_the_backfill_on_all_fashion_mnist_test_images(serv
 
     cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"data.source={fmnist}", "data.limit.train=64", "data.limit.val=32", "data.limit.test=null")
     summary = make_catalog(cfg)
-    cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"predictor.checkpoint={service['checkpoint']}", "predictor.dtype=float32", "output.rows_per_file=100000")
+    cfg = make_cfg(
+        "experiment=smoke", f"paths.root={tmp_path}", f"predictor.checkpoint={service['checkpoint']}", "predictor.dtype=float32", "output.rows_per_file=100000"
+    )
     run = backfill(cfg)
-    rows = duckdb.connect().execute(
-        f"SELECT image_id, uri, label, score, topk_labels, topk_scores, embedding, error FROM read_parquet('{run['output']}/*.parquet') ORDER BY image_id"
-    ).fetchall()
+    rows = (
+        duckdb.connect()
+        .execute(
+            f"SELECT image_id, uri, label, score, topk_labels, topk_scores, embedding, error FROM read_parquet('{run['output']}/*.parquet') ORDER BY image_id"
+        )
+        .fetchall()
+    )
     assert summary["splits"]["test"] == len(rows) == 10_000 and all(r[7] is None for r in rows)
 
     def infer(chunk):
@@ -436,4 +548,6 @@ def test_online_answers_equal_the_backfill_on_all_fashion_mnist_test_images(serv
     np.testing.assert_allclose(scores, offline_scores, atol=1e-5)
     np.testing.assert_allclose(np.array([[float(c[0]) for c in t] for t in topk]), offline_topk_scores, atol=1e-5)
     np.testing.assert_allclose(emb, np.array([r[6] for r in rows]), atol=1e-5)
-    print(f"\n10,000 images over HTTP in {seconds:.1f} s ({10_000 / seconds:.0f} images/s, 64-image requests, 4 clients); top-1 equal on {10_000 - len(differ)}, near-ties {int(near_ties.sum())}, top-5 order compared on {int(decisive.sum())}")
+    print(
+        f"\n10,000 images over HTTP in {seconds:.1f} s ({10_000 / seconds:.0f} images/s, 64-image requests, 4 clients); top-1 equal on {10_000 - len(differ)}, near-ties {int(near_ties.sum())}, top-5 order compared on {int(decisive.sum())}"
+    )

@@ -108,7 +108,7 @@ class ImageClassifier:
         if t.get("write"):
             from .table import PredictionsWriter
 
-            self.writer = PredictionsWriter(self.predictor, t["root"], cfg.get("storage"), t["flush_rows"], t["flush_seconds"])
+            self.writer = PredictionsWriter(self.predictor, t["root"], t["catalog_id"], cfg.get("storage"), t["flush_rows"], t["flush_seconds"])
         self.batches = 0
         self.batched_images = 0
         self.largest_batch = 0

@@ -30,7 +30,12 @@ def app_config(args: Mapping[str, Any]) -> dict:
         raise ValueError("predictor.checkpoint is not set: a checkpoint directory (local or s3://), e.g. from jobs/train.py")
     p["checkpoint"] = st.absolute(str(p["checkpoint"]))
     if (s.get("predictions") or {}).get("write"):
-        s["predictions"] = {**s["predictions"], "root": st.absolute(str(s["predictions"]["root"]))}
+        from ..tables import catalog_id
+
+        t = s["predictions"]
+        # The model's table for this catalog (<predictions>/<model_id>/<catalog_id>/), the one its backfills skip from.
+        catalog = t.get("catalog_id") or catalog_id(args.get("data") or {})
+        s["predictions"] = {**t, "root": st.absolute(str(t["root"])), "catalog_id": catalog}
     return {"predictor": p, "serve": s, "storage": dict(args.get("storage") or {})}
 
 

@@ -27,7 +27,11 @@ def check_serve(s: Mapping[str, Any]) -> None:
             f"serve.max_ongoing_requests={s['max_ongoing_requests']} < serve.max_batch_size={s['max_batch_size']}: "
             "a replica would never hold enough requests to fill a batch; raise max_ongoing_requests or lower max_batch_size"
         )
-    t = s.get("predictions") or {}
+    _check_predictions(s.get("predictions") or {})
+    _check_replicas(s.get("autoscaling"), s.get("num_replicas"))
+
+
+def _check_predictions(t: Mapping[str, Any]) -> None:
     if t.get("write"):
         if not t.get("root"):
             raise ValueError("serve.predictions.root is not set (default: ${paths.predictions}); or set serve.predictions.write=false")
@@ -35,7 +39,9 @@ def check_serve(s: Mapping[str, Any]) -> None:
             raise ValueError(f"serve.predictions.flush_rows={t.get('flush_rows')!r}; must be an integer >= 1")
         if not isinstance(t.get("flush_seconds"), (int, float)) or t["flush_seconds"] <= 0:
             raise ValueError(f"serve.predictions.flush_seconds={t.get('flush_seconds')!r}; must be > 0")
-    auto, n = s.get("autoscaling"), s.get("num_replicas")
+
+
+def _check_replicas(auto: Mapping[str, Any] | None, n: Any) -> None:
     if auto:
         unknown = sorted(set(auto) - set(AUTOSCALING_KEYS))
         if unknown:

@@ -112,7 +112,9 @@ def parse_multipart(body: bytes, params: dict[str, str]) -> tuple[list[tuple[str
     return files, fields
 
 
-def classify_images(body: bytes, content_type: str | None, max_images: int, image_id: str | None = None) -> tuple[list[tuple[str, bytes | ImageError]], list[str] | None]:
+def classify_images(
+    body: bytes, content_type: str | None, max_images: int, image_id: str | None = None
+) -> tuple[list[tuple[str, bytes | ImageError]], list[str] | None]:
     """``POST /classify`` body → (``[(name, bytes or a per-image error)]``, image ids or ``None``): raw
     image bytes (one image; its id from the ``image_id`` query parameter) or a multipart upload (one
     image per file part; ids from ``image_id`` text fields, one per file, in order)."""

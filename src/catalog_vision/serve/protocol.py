@@ -65,7 +65,8 @@ def parse_infer(req: Any, max_images: int, max_topk: int, num_classes: int) -> t
     if (inp.get("parameters") or {}).get("binary_data_size") is not None:
         raise ApiError(400, "the binary tensor data extension is not supported; send BYTES elements as base64 strings in 'data'")
     shape, data = inp.get("shape"), inp.get("data")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) or not 1 <= len(shape) <= 2 or (len(shape) == 2 and shape[1] != 1):
+    dims_ok = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    if not dims_ok or not 1 <= len(shape) <= 2 or (len(shape) == 2 and shape[1] != 1):
         raise ApiError(422, f"input {INPUT!r} shape {shape!r}; expected [N] (or [N, 1]) for N images")
     if not isinstance(data, list):
         raise ApiError(422, f"input {INPUT!r} needs 'data': a list of base64 strings")
@@ -114,7 +115,10 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return s.numpy(), i.numpy()
 
 
-def infer_response(name: str, model_id: str, request_id: Any, results: Sequence[tuple[np.ndarray, np.ndarray] | ImageError], outputs: list[tuple[str, int | None]], classes: Sequence[str], embedding_dim: int) -> dict:
+def infer_response(
+    name: str, model_id: str, request_id: Any, results: Sequence[tuple[np.ndarray, np.ndarray] | ImageError],
+    outputs: list[tuple[str, int | None]], classes: Sequence[str], embedding_dim: int,
+) -> dict:
     """Per-image results (``(probabilities, embedding)`` or an error) → the protocol's response object."""
     n, kc = len(results), len(classes)
     probs = np.zeros((n, kc), dtype=np.float32)

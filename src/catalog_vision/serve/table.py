@@ -1,5 +1,5 @@
 """Served images into the predictions table: rows of requests that name an ``image_id`` are
-buffered and committed to ``<predictions>/<model_id>/serve-<run id>/`` with the backfill's schema
+buffered and committed to ``<predictions>/<model_id>/<catalog_id>/serve-<run id>/`` with the backfill's schema
 (:meth:`Predictor.table_from_outputs`) and its atomic file commit (:func:`catalog_vision.sink.commit_batch`).
 
 A buffer is flushed at ``flush_rows`` rows, ``flush_seconds`` after its first row, and on replica
@@ -20,15 +20,16 @@ import pyarrow as pa
 from .. import storage as st
 from ..runtime import new_run_id
 from ..sink import commit_batch
+from ..tables import table_dir
 
 log = logging.getLogger("catalog_vision")
 
 
 class PredictionsWriter:
-    def __init__(self, predictor, root: str, storage: Mapping[str, Any] | None, flush_rows: int, flush_seconds: float, compression: str = "zstd"):
+    def __init__(self, predictor, root: str, catalog: str, storage: Mapping[str, Any] | None, flush_rows: int, flush_seconds: float, compression: str = "zstd"):
         self.predictor = predictor
         self.run_id = "serve-" + new_run_id()
-        self.out = st.join(st.absolute(root), predictor.model_id, self.run_id)
+        self.out = st.join(table_dir(root, predictor.model_id, catalog), self.run_id)
         self.storage = dict(storage or {})
         self.flush_rows, self.flush_seconds, self.compression = int(flush_rows), float(flush_seconds), compression
         self.pending: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # image_id -> outputs; the last answer wins
