@@ -2,10 +2,12 @@
 decode in tasks vs actors, and the GPU config on a cluster without GPUs."""
 
 import io
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
 import pytest
 from PIL import Image
 
@@ -88,21 +90,32 @@ def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoin
 def test_gpu_config_falls_back_to_cpu_without_gpus(ray_local, local_catalog, random_checkpoint, tmp_path):
     cfg = make_cfg("experiment=smoke", "predictor=gpu", f"data.manifest={local_catalog['cfg']['data']['manifest']}", f"predictor.checkpoint={random_checkpoint}", f"paths.output={tmp_path}")
     p = cfg["predictor"]
-    assert (p["device"], p["num_gpus"], p["pin_memory"], p["jpeg_decode_on_device"], p["if_no_gpu"]) == ("cuda", 1, True, True, "cpu")
-    out = backfill(cfg)  # this cluster has no GPU: it runs on CPU actors, and says so
-    assert out["predictor"]["device"] == "cpu" and out["predictor"]["num_gpus"] == 0
+    assert (p["device"], p["num_gpus"], p["pin_memory"], p["jpeg_decode_on_device"], p["if_no_gpu"]) == ("cuda", 1, True, True, "auto")
+    cfg["predictor"]["dtype"] = "float32"  # explicit: kept on the CPU fallback
+    out = backfill(cfg)  # a local Ray without GPUs: auto means cpu, and the run says so
+    assert out["predictor"]["device"] == "cpu" and out["predictor"]["num_gpus"] == 0 and out["predictor"]["resolved_dtype"] == "float32"
+    fb = out["predictor"]["fallback"]
+    assert fb["asked"]["device"] == "cuda" and fb["ran"]["device"] == "cpu" and fb["ran"]["dtype"] == "float32" and "no GPUs" in fb["why"]
     assert out["counts"]["predicted"] == 128 and out["counts"]["model_rows"] == 128
 
     with pytest.raises(RuntimeError, match="has none"):
         effective_predictor({**p, "if_no_gpu": "error"}, cluster_gpus=0)
-    assert effective_predictor({**p, "if_no_gpu": "wait"}, cluster_gpus=0)["num_gpus"] == 1  # the autoscaler adds GPU nodes
-    assert effective_predictor(p, cluster_gpus=4)["device"] == "cuda"
+    assert effective_predictor(p, cluster_gpus=4)["device"] == "cuda" and "fallback" not in effective_predictor(p, cluster_gpus=4)
+    # On a cluster, auto waits: for GPU nodes that join (here after three polls)...
+    polls = iter([0, 0, 0, 1])
+    waited = effective_predictor({**p, "gpu_wait_s": 30}, cluster_gpus=0, on_cluster=True, gpus_now=lambda: next(polls))
+    assert waited["device"] == "cuda" and waited["num_gpus"] == 1 and "fallback" not in waited
+    # ...and stops with the setting's name when none come.
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="gpu_wait_s=1"):
+        effective_predictor({**p, "gpu_wait_s": 1}, cluster_gpus=0, on_cluster=True, gpus_now=lambda: 0)
+    assert 1 <= time.monotonic() - t0 < 10
 
 
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"if_no_gpu": "maybe"}, "cpu.*wait.*error"),
+        ({"if_no_gpu": "maybe"}, "auto.*cpu.*wait.*error"),
         ({"decode_in": "gpu"}, "auto.*tasks.*actors"),
         ({"device": "cuda", "num_gpus": 0}, "num_gpus > 0"),
         ({"min_actors": 3, "max_actors": 2}, "min_actors"),

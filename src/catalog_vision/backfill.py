@@ -17,6 +17,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import time
 from typing import Any, Mapping
 
@@ -41,7 +42,7 @@ RUN_MANIFEST = "_run.json"
 # Each predictor host reports the dtype it runs (and, for dtype=auto, its measurements) here; the
 # run manifest's predictor section collects them and the folder is removed.
 PRECISION_REPORTS = "_precision"
-IF_NO_GPU = ("cpu", "wait", "error")
+IF_NO_GPU = ("auto", "cpu", "wait", "error")
 DECODE_IN = ("auto", "tasks", "actors")
 
 
@@ -83,7 +84,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     check_predictor(cfg["predictor"])
     max_error_fraction(cfg["output"])
     init_ray(cfg["ray"])
-    p = effective_predictor(cfg["predictor"], cluster_resource("GPU"))
+    p = effective_predictor(cfg["predictor"], cluster_resource("GPU"), on_cluster=bool(cfg["ray"].get("address") or os.environ.get("RAY_ADDRESS")))
 
     checkpoint = st.absolute(p["checkpoint"])
     meta = ckpt.read_meta(checkpoint, storage)
@@ -100,11 +101,11 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     if removed:
         log.info("removed %d stale temp files under %s", removed, model_dir)
     # [1] The catalog, minus what this model has already committed.
-    catalog = catalog_table(data, storage, split=data.get("split"))
-    ids = catalog.column("image_id").combine_chunks()
+    rows = catalog_table(data, storage, split=data.get("split"))
+    ids = rows.column("image_id").combine_chunks()
     done = committed_ids(model_dir, storage)
-    todo = catalog.filter(pc.invert(pc.is_in(catalog.column("image_id"), value_set=done))) if len(done) else catalog
-    skipped = catalog.num_rows - todo.num_rows
+    todo = rows.filter(pc.invert(pc.is_in(rows.column("image_id"), value_set=done))) if len(done) else rows
+    skipped = rows.num_rows - todo.num_rows
     timings["plan_s"] = time.perf_counter() - t0
     log.info("backfill %s: %d images in the catalog, %d already labeled by %s, %d to do", run_id, len(ids), skipped, model_id, len(ids) - skipped)
     receipts = []
@@ -212,6 +213,8 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
             # dtype=auto on CPU: the measured per-image times behind the choice, per host
             "dtype_choice": next((r["auto"] for r in precision_reports if r.get("auto")), None),
             "hosts": precision_reports,
+            # A GPU config that ran on CPU: what was asked, what ran, and why (None: as configured)
+            "fallback": p.get("fallback"),
         },
         "stale_temp_files_removed": removed,
         "timings": {k: round(v, 2) for k, v in timings.items()},
@@ -246,7 +249,7 @@ def check_predictor(p: Mapping[str, Any]) -> None:
     if p["device"] not in DEVICES:
         raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
     decode_in(p)
-    if p.get("if_no_gpu", "cpu") not in IF_NO_GPU:
+    if p.get("if_no_gpu", "auto") not in IF_NO_GPU:
         raise ValueError(f"predictor.if_no_gpu={p.get('if_no_gpu')!r}; choose one of {list(IF_NO_GPU)}")
     if p["device"] == "cuda" and not float(p["num_gpus"]):
         raise ValueError("predictor.device=cuda needs predictor.num_gpus > 0 (Ray hides GPUs from actors that do not ask for one)")
@@ -297,25 +300,56 @@ def cluster_resource(name: str) -> float:
     return float(ray.cluster_resources().get(name, 0))
 
 
-def effective_predictor(p: Mapping[str, Any], cluster_gpus: float) -> dict:
-    """The predictor settings this run uses: a GPU config on a cluster without GPUs falls back to CPU
-    (``if_no_gpu=cpu``), waits for the autoscaler (``wait``) or stops (``error``)."""
+def effective_predictor(p: Mapping[str, Any], cluster_gpus: float, on_cluster: bool = False, gpus_now=None) -> dict:
+    """The predictor settings this run uses. A GPU config on a cluster without GPUs (``if_no_gpu``):
+
+    * ``wait`` (what ``auto`` means on a cluster): asks the autoscaler for GPU nodes and waits up to
+      ``predictor.gpu_wait_s`` for them, then stops with an error naming the setting;
+    * ``cpu`` (what ``auto`` means on a local Ray): runs on CPU actors, with a warning and a
+      ``fallback`` entry in ``_run.json``; an explicit ``dtype`` is kept (``auto`` is measured on CPU);
+    * ``error``: stops at once.
+
+    ``gpus_now`` (for tests): a callable returning the cluster's GPU count while waiting."""
     p = dict(p)
     if float(p["num_gpus"]) <= 0 or cluster_gpus > 0:
         return p
-    policy = p.get("if_no_gpu", "cpu")
+    policy = p.get("if_no_gpu", "auto")
+    if policy == "auto":
+        policy = "wait" if on_cluster else "cpu"
     if policy == "error":
         raise RuntimeError("predictor asks for GPUs (num_gpus>0) but the cluster has none; use predictor=cpu, or if_no_gpu=cpu|wait")
     if policy == "wait":
-        log.warning("predictor asks for GPUs but the cluster has none yet; waiting for the autoscaler (if_no_gpu=wait)")
+        wait_for_gpus(float(p["num_gpus"]), float(p.get("gpu_wait_s") or 900), gpus_now or (lambda: cluster_resource("GPU")))
         return p
-    log.warning("predictor asks for GPUs but the cluster has none: falling back to CPU actors (if_no_gpu=cpu)")
     cpus = max(1, int(p.get("cpus_per_actor", 1)))
-    p.update(device="cpu", num_gpus=0, pin_memory=False, jpeg_decode_on_device=False, dtype="auto")
+    before = {k: p[k] for k in ("device", "num_gpus", "dtype", "max_actors", "batch_size")}
+    p.update(device="cpu", num_gpus=0, pin_memory=False, jpeg_decode_on_device=False)
     p["max_actors"] = max(1, min(int(p["max_actors"]), int(cluster_resource("CPU") // cpus) or 1))
     p["min_actors"] = min(int(p["min_actors"]), p["max_actors"])
     p["batch_size"] = min(int(p["batch_size"]), 512)
+    p["fallback"] = {"why": "the cluster has no GPUs (if_no_gpu=cpu)", "asked": before, "ran": {k: p[k] for k in before}}
+    log.warning("predictor asks for GPUs but the cluster has none: running on %d CPU actors instead (if_no_gpu=cpu; dtype %s kept). "
+                "Set predictor=cpu to mean it, or if_no_gpu=wait on an autoscaling cluster", p["max_actors"], p["dtype"])
+    if p["dtype"] == "float16":
+        log.warning("predictor.dtype=float16 on CPU is usually slower than float32 (measure: python bench/precision.py)")
     return p
+
+
+def wait_for_gpus(need: float, timeout_s: float, gpus_now) -> None:
+    """Ask the autoscaler for ``need`` GPUs and wait for them to join, up to ``timeout_s``."""
+    try:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[{"GPU": need}])
+    except Exception as e:  # no autoscaler (a static cluster): the wait can still see nodes join
+        log.info("no autoscaler request (%s); waiting for GPU nodes to join", type(e).__name__)
+    log.warning("predictor asks for GPUs but the cluster has none yet: waiting up to %.0f s for GPU nodes (if_no_gpu=wait)", timeout_s)
+    deadline = time.monotonic() + timeout_s
+    while gpus_now() < need:
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"no GPU joined the cluster within predictor.gpu_wait_s={timeout_s:g} s (if_no_gpu=wait); "
+                               "check the autoscaler's GPU node type, raise gpu_wait_s, or run with predictor=cpu")
+        time.sleep(min(5.0, max(0.1, timeout_s / 20)))
 
 
 def write_dead_letter(files: list[str], uri: str, storage: Mapping[str, Any] | None = None) -> str:
