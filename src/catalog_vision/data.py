@@ -19,7 +19,7 @@ from PIL import Image
 from . import storage as st
 from .catalogs.table import read_table_file
 from .storage import http
-from .images import AccessDenied, ImageError, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
+from .images import AccessDenied, ImageError, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
 
 # Memory reserved per decode task (MiB) unless data.decode_memory_mb says otherwise. Besides
 # scheduling, a declared memory that differs from the predictor's keeps Ray Data from fusing decode
@@ -178,19 +178,40 @@ def _fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[
         return []
     if http.is_http(uris[0]):
         return http.fetch_many(uris, http.options(storage))
+    limit = max_object_bytes(storage)
     if not st.is_remote(uris[0]):
-        return [_read_local(st.absolute(u)) for u in uris]
+        return [_read_local(st.absolute(u), limit) for u in uris]
     fs, _ = st.resolve(uris[0], storage)
     paths = [st.resolve(u, storage)[1] for u in uris]
-    return [_storage_error(v, p) if isinstance(v, BaseException) else v for p, v in zip(paths, cat_literal(fs, paths))]
+    return [_storage_error(v, p) if isinstance(v, BaseException) else _within(v, p, limit) for p, v in zip(paths, cat_literal(fs, paths, limit))]
+
+
+MAX_OBJECT_BYTES = 50 * 2**20
+
+
+def max_object_bytes(storage: Mapping[str, Any] | None) -> int:
+    """``storage.max_object_bytes``: the largest object a fetch reads (local files and object
+    storage; http(s) has ``storage.http.max_bytes``). Larger ones are ``ImageTooLarge`` rows, found
+    by reading one byte past the limit, never the whole object."""
+    v = (storage or {}).get("max_object_bytes") or MAX_OBJECT_BYTES
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ValueError(f"storage.max_object_bytes={v!r}; give a positive number of bytes")
+    return v
+
+
+def _within(data: bytes, path: str, limit: int) -> bytes | ImageError:
+    if len(data) > limit:
+        return ImageTooLarge(f"{path}: larger than storage.max_object_bytes={limit} (stopped reading at {len(data)} bytes)")
+    return data
 
 
 # Concurrent GETs per fetch call (s3fs's own default for its bulk calls).
 FETCH_CONCURRENCY = 64
 
 
-def cat_literal(fs, paths: Sequence[str]) -> list[bytes | BaseException]:
-    """Each path's bytes (or its exception), fetched concurrently, every path taken literally.
+def cat_literal(fs, paths: Sequence[str], limit: int | None = None) -> list[bytes | BaseException]:
+    """Each path's bytes (or its exception), fetched concurrently, every path taken literally; with
+    ``limit``, a ranged read of at most ``limit + 1`` bytes (enough to tell an object is too large).
 
     Not ``fs.cat(paths)``: fsspec expands paths containing ``*``, ``?`` or ``[`` as globs there,
     so ``shirt[1].jpg`` would be looked up as a character class (a false ``MissingObject``) and a
@@ -200,7 +221,7 @@ def cat_literal(fs, paths: Sequence[str]) -> list[bytes | BaseException]:
         out: list[bytes | BaseException] = []
         for p in paths:
             try:
-                out.append(fs.cat_file(p))
+                out.append(fs.cat_file(p, start=0, end=None if limit is None else limit + 1))
             except Exception as e:
                 out.append(e)
         return out
@@ -213,19 +234,19 @@ def cat_literal(fs, paths: Sequence[str]) -> list[bytes | BaseException]:
 
         async def one(p):
             async with gate:
-                return await fs._cat_file(p)
+                return await fs._cat_file(p, start=0, end=None if limit is None else limit + 1)
 
         return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
     return list(sync(fs.loop, fetch_all))
 
 
-def _read_local(path: str) -> bytes | BaseException:
-    """A local file's bytes, or its error as a value. Plain ``open``: fsspec's local filesystem
-    adds a per-file cost that shows on small images (README "Benchmarks")."""
+def _read_local(path: str, limit: int = MAX_OBJECT_BYTES) -> bytes | BaseException:
+    """A local file's bytes (at most ``limit``), or its error as a value. Plain ``open``: fsspec's
+    local filesystem adds a per-file cost that shows on small images (README "Benchmarks")."""
     try:
         with open(path, "rb") as f:
-            return f.read()
+            return _within(f.read(limit + 1), path, limit)
     except OSError as e:
         return _storage_error(e, path)
 
