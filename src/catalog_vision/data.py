@@ -223,7 +223,7 @@ def cat_literal(fs, paths: Sequence[str], limit: int | None = None) -> list[byte
             try:
                 out.append(fs.cat_file(p, start=0, end=None if limit is None else limit + 1))
             except Exception as e:
-                out.append(e)
+                out.append(b"" if _empty_range(e) else e)
         return out
     import asyncio
 
@@ -234,11 +234,21 @@ def cat_literal(fs, paths: Sequence[str], limit: int | None = None) -> list[byte
 
         async def one(p):
             async with gate:
-                return await fs._cat_file(p, start=0, end=None if limit is None else limit + 1)
+                try:
+                    return await fs._cat_file(p, start=0, end=None if limit is None else limit + 1)
+                except OSError as e:
+                    if _empty_range(e):
+                        return b""
+                    raise
 
         return await asyncio.gather(*(one(p) for p in paths), return_exceptions=True)
 
     return list(sync(fs.loop, fetch_all))
+
+
+def _empty_range(exc: BaseException) -> bool:
+    """S3's answer to a ranged read of a zero-byte object (416 InvalidRange): the object is empty."""
+    return "InvalidRange" in str(exc) or "range is not satisfiable" in str(exc).lower()
 
 
 def _read_local(path: str, limit: int = MAX_OBJECT_BYTES) -> bytes | BaseException:
