@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from .storage.secrets import redact_text
+
 # Truncated files must fail loudly, not decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -62,8 +64,6 @@ _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 def error_string(exc: BaseException) -> str:
     """``'ErrorClass: message'``: the class is what the run manifest counts by."""
-    from .storage.secrets import redact_text
-
     msg = redact_text(str(exc).strip().replace("\n", " "))  # no presigned signatures or passwords in tables
     msg = _OBJECT_REPR.sub("<image bytes>", msg)  # PIL names its input as "<_io.BytesIO object at 0x7f...>"
     return f"{type(exc).__name__}: {msg[:500]}"

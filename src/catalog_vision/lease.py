@@ -176,22 +176,28 @@ def _sync_read(fs, body) -> bytes:
     return sync(fs.loop, read)
 
 
+def _put_if(lease: Lease, fs, path: str, data: bytes, lost: tuple[type[Exception], ...], **condition: str | None) -> bool:
+    """A conditional S3 PutObject (``IfNoneMatch="*"`` or ``IfMatch=<etag>``); False when the
+    condition fails (or s3fs raises one of ``lost``), and the new ETag kept on success."""
+    bucket, key, _ = fs.split_path(path)
+    try:
+        resp = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, **condition)
+    except lost:
+        return False
+    except OSError as e:
+        if _precondition_failed(e) or _conflict(e):
+            return False
+        raise
+    lease.etag = resp.get("ETag")
+    return True
+
+
 def _create(lease: Lease) -> bool:
     """Exclusive create; False when the lease exists."""
     fs, path = st.resolve(lease.uri, lease.storage)
     data = _record(lease)
     if st.is_remote(lease.uri):
-        bucket, key, _ = fs.split_path(path)
-        try:
-            resp = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-        except FileExistsError:
-            return False
-        except OSError as e:
-            if _precondition_failed(e) or _conflict(e):
-                return False
-            raise
-        lease.etag = resp.get("ETag")
-        return True
+        return _put_if(lease, fs, path, data, (FileExistsError,), IfNoneMatch="*")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -210,17 +216,7 @@ def _replace_if(lease: Lease, expected: Mapping[str, Any], etag: str | None) -> 
     fs, path = st.resolve(lease.uri, lease.storage)
     data = _record(lease)
     if st.is_remote(lease.uri):
-        bucket, key, _ = fs.split_path(path)
-        try:
-            resp = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=etag)
-        except (FileNotFoundError, FileExistsError):
-            return False
-        except OSError as e:
-            if _precondition_failed(e) or _conflict(e):
-                return False
-            raise
-        lease.etag = resp.get("ETag")
-        return True
+        return _put_if(lease, fs, path, data, (FileNotFoundError, FileExistsError), IfMatch=etag)
     import fcntl
 
     with open(path + ".lock", "a") as lock:
