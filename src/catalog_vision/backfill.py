@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import io
 import json
@@ -21,7 +20,6 @@ import os
 import time
 from typing import Any, Mapping
 
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -31,8 +29,9 @@ from . import lease as leases
 from . import storage as st
 from .outcome import BackfillFailed, TooManyErrors, find_cause, run_status
 from .tables import catalog_id, table_dir
-from .data import catalog_table, decode_catalog, rows_per_block, to_dataset
-from .sink import commit_batch, committed_files, committed_ids, remove_stale_temp_files
+from .data import decode_catalog, rows_per_block, to_dataset
+from .plan import count_files, error_classes, plan_run
+from .sink import commit_batch, committed_files, remove_stale_temp_files
 from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
 
@@ -101,11 +100,8 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     if removed:
         log.info("removed %d stale temp files under %s", removed, model_dir)
     # [1] The catalog, minus what this model has already committed.
-    rows = catalog_table(data, storage, split=data.get("split"))
-    ids = rows.column("image_id").combine_chunks()
-    done = committed_ids(model_dir, storage)
-    todo = rows.filter(pc.invert(pc.is_in(rows.column("image_id"), value_set=done))) if len(done) else rows
-    skipped = rows.num_rows - todo.num_rows
+    plan = plan_run(data, storage, model_dir)
+    ids, todo, skipped = plan.ids, plan.todo, plan.skipped
     timings["plan_s"] = time.perf_counter() - t0
     log.info("backfill %s: %d images in the catalog, %d already labeled by %s, %d to do", run_id, len(ids), skipped, model_id, len(ids) - skipped)
     receipts = []
@@ -357,31 +353,9 @@ def write_dead_letter(files: list[str], uri: str, storage: Mapping[str, Any] | N
     fs, _ = st.resolve(files[0], storage)
     paths = [st.resolve(f, storage)[1] for f in files]
     table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["image_id", "uri", "error", "model_id", "run_id"], filter=pc.field("error").is_valid())
-    error_class = pa.array([e.split(":", 1)[0] for e in table.column("error").to_pylist()], pa.string())
+    error_class = error_classes(table.column("error").combine_chunks())
     table = table.add_column(2, "error_class", error_class)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     st.write_bytes(uri, buf.getvalue(), storage)
     return uri
-
-
-def count_files(files: list[str], storage: Mapping[str, Any] | None = None, restrict_to: pa.Array | None = None) -> dict:
-    """Counts read back from committed Parquet files (what readers see, not what we meant to write)."""
-    if files:
-        fs, _ = st.resolve(files[0], storage)
-        paths = [st.resolve(f, storage)[1] for f in files]
-        table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["image_id", "error"])
-        if restrict_to is not None:
-            table = table.filter(pc.is_in(table.column("image_id"), value_set=restrict_to))
-    else:
-        table = pa.table({"image_id": pa.array([], pa.string()), "error": pa.array([], pa.string())})
-    errors = [e for e in table.column("error").to_pylist() if e is not None]
-    by_class = collections.Counter(e.split(":", 1)[0] for e in errors)
-    return {
-        "rows": table.num_rows,
-        "predicted": table.num_rows - len(errors),
-        "errors": len(errors),
-        "errors_by_class": dict(sorted(by_class.items())),
-        "distinct_image_ids": len(pc.unique(table.column("image_id"))),
-        "files": len(files),
-    }

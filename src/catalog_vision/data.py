@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 from PIL import Image
 
 from . import storage as st
-from .catalogs.table import read_table_file
+from .catalogs.table import iter_table_file
 from .storage import http
 from .images import AccessDenied, ImageError, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
 
@@ -80,6 +80,11 @@ def _decode_memory(data: Mapping[str, Any]) -> float:
     return float(data.get("decode_memory_mb") or DECODE_MEMORY_MB) * 2**20
 
 
+# What planning reads of a manifest (a product export may have many more columns).
+MANIFEST_COLUMNS = ("image_id", "uri", "label", "labels", "split")
+NORMALISE_ROWS = 262144
+
+
 def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = None, split: str | None = None) -> pa.Table:
     """The selected catalog as ``image_id, uri, label`` (label may be null), read on the driver.
 
@@ -105,19 +110,23 @@ def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = N
         manifest = st.absolute(data["manifest"])
         if not st.exists(manifest, storage):
             raise FileNotFoundError(f"manifest {manifest!r} not found; build one with jobs/make_catalog.py or set data.manifest")
-        table = read_table_file(manifest, storage)
-        missing = {"image_id", "uri"} - set(table.column_names)
-        if missing:
-            raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {table.column_names}")
-        if split:
-            if "split" not in table.column_names:
-                raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
-            table = table.filter(pc.equal(table.column("split"), split))
-        table = _normalise_manifest(table, manifest, data.get("uri_schemes"), data.get("uri_prefixes"))
-    table = table.combine_chunks()
+        # In parts: Parquet decoding and the URI rules' intermediate columns exist for one part at a time.
+        parts = []
+        for part in iter_table_file(manifest, storage, columns=MANIFEST_COLUMNS, batch_rows=NORMALISE_ROWS):
+            missing = {"image_id", "uri"} - set(part.column_names)
+            if missing:
+                raise ValueError(f"manifest {manifest!r} lacks columns {sorted(missing)}; it has {part.column_names}")
+            if split:
+                if "split" not in part.column_names:
+                    raise ValueError(f"data.split={split!r} but manifest {manifest!r} has no 'split' column")
+                part = part.filter(pc.equal(part.column("split"), split))
+            parts += [_normalise_manifest(part.slice(i, NORMALISE_ROWS), manifest, data.get("uri_schemes"), data.get("uri_prefixes"))
+                      for i in range(0, max(1, part.num_rows), NORMALISE_ROWS)]
+        table = pa.concat_tables(parts, promote_options="default")
+        del parts
     http.options(storage)  # a bad storage.http value fails here, not as an error row per image
     ids = table.column("image_id")
-    if len(pc.unique(ids)) != len(ids):
+    if pc.count_distinct(ids).as_py() != len(ids):
         dup = [v["values"] for v in pc.value_counts(ids).to_pylist() if v["counts"] > 1][:5]
         raise ValueError(f"the catalog has duplicate image_id values, e.g. {dup}; each image needs a unique id")
     return table
@@ -157,18 +166,18 @@ def _normalise_manifest(batch: pa.Table, manifest: str, schemes: Sequence[str] |
     """``image_id, uri, label`` (+ ``labels``, list<string>, for multi-label catalogs; + ``refused``,
     why a row's URI may not be fetched, when the manifest's URI policy refuses any: see
     :mod:`.storage.policy`)."""
-    from .storage.policy import refusals
+    from .storage.policy import refusals_column, resolve_column
 
     n = batch.num_rows
     label = batch.column("label").cast(pa.string()) if "label" in batch.column_names else pa.nulls(n, pa.string())
-    raw = [str(u) if u is not None else "" for u in batch.column("uri").to_pylist()]
-    uris = [_resolve_uri(u, manifest.rsplit("/", 1)[0]) for u in raw]
-    cols = {"image_id": batch.column("image_id").cast(pa.string()), "uri": pa.array(uris, pa.string()), "label": label}
+    raw = pc.fill_null(batch.column("uri").cast(pa.string()), "").combine_chunks()
+    uris = resolve_column(raw, manifest.rsplit("/", 1)[0])
+    cols = {"image_id": batch.column("image_id").cast(pa.string()), "uri": uris, "label": label}
     if "labels" in batch.column_names:
         cols["labels"] = batch.column("labels").cast(pa.list_(pa.string()))
-    refused = refusals(raw, uris, manifest, schemes, prefixes)
-    if any(refused):
-        cols["refused"] = pa.array(refused, pa.string())
+    refused = refusals_column(raw, uris, manifest, schemes, prefixes)
+    if refused is not None:
+        cols["refused"] = refused
     return pa.table(cols)
 
 

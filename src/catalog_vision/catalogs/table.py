@@ -8,8 +8,10 @@ strings. :func:`read_product_table` maps an export's own column names onto the m
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import io
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,20 +34,47 @@ def table_format(uri: str) -> str:
     raise ValueError(f"{uri!r}: a manifest or export must be a {' or '.join(FORMATS)} file (.csv, .tsv, .parquet)")
 
 
-def read_table_file(uri: str, storage: Mapping[str, Any] | None = None) -> pa.Table:
-    """A CSV (every column a string) or Parquet file, local or in object storage."""
+def read_table_file(uri: str, storage: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+    """A CSV (every column a string) or Parquet file, local or in object storage; with ``columns``,
+    only those of them the file has (a wide product export is not read whole to plan a run)."""
+    parts = list(iter_table_file(uri, storage, columns))
+    return pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+
+
+def iter_table_file(uri: str, storage: Mapping[str, Any] | None = None, columns: Sequence[str] | None = None, batch_rows: int | None = None) -> Iterator[pa.Table]:
+    """:func:`read_table_file` in tables of at most ``batch_rows`` rows (Parquet; a CSV comes whole),
+    so a caller that transforms each part never holds the whole file's decoding buffers at once."""
     fmt = table_format(uri)
-    data = st.read_bytes(st.absolute(uri), storage)
+    fs, path = st.resolve(st.absolute(uri), storage)
     if fmt == "csv":
+        data = fs.cat_file(path)
+        if uri.lower().endswith(".gz"):
+            data = gzip.decompress(data)
         delimiter = "\t" if uri.lower().endswith(".tsv") else ","
         # The header first (one block), so every column can be declared a string.
         header = pacsv.open_csv(io.BytesIO(data), parse_options=pacsv.ParseOptions(delimiter=delimiter)).schema.names
-        return pacsv.read_csv(
+        yield pacsv.read_csv(
             io.BytesIO(data),
             parse_options=pacsv.ParseOptions(delimiter=delimiter),
-            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=True),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in header}, strings_can_be_null=True,
+                                                 include_columns=[c for c in header if c in columns] if columns else None),
         )
-    table = pq.read_table(io.BytesIO(data))
+        return
+    # Parquet reads only the column chunks it needs (ranged reads on object storage); local files
+    # through Arrow's own reader, not a Python file object.
+    with contextlib.nullcontext(path) if not st.is_remote(uri) else fs.open(path, "rb") as f:
+        pf = pq.ParquetFile(f)
+        names = [c for c in pf.schema_arrow.names if c in columns] if columns else None
+        parts = (pa.Table.from_batches([b]) for b in pf.iter_batches(batch_size=batch_rows, columns=names)) if batch_rows else [pf.read(columns=names)]
+        empty = True
+        for table in parts:
+            empty = False
+            yield _strings(table)
+        if empty:
+            yield _strings(pf.schema_arrow.empty_table().select(names) if names else pf.schema_arrow.empty_table())
+
+
+def _strings(table: pa.Table) -> pa.Table:
     for name in STRING_COLUMNS:
         if name in table.column_names and not pa.types.is_string(table.schema.field(name).type):
             table = table.set_column(table.column_names.index(name), name, table.column(name).cast(pa.string()))
