@@ -20,13 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import results as results_file  # noqa: E402
+
 ROWS_PER_FILE = 100_000
 GIB = 2**30
 
@@ -109,12 +111,6 @@ def measure(manifest: str, table: str) -> dict:
     return out
 
 
-def host() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), platform.processor())
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000000,10000000", help="already-committed ids per run")
@@ -138,12 +134,13 @@ def main() -> None:
         if r.returncode:
             sys.exit(f"measurement for {n} failed:\n{r.stderr[-3000:]}")
         results.append((n, json.loads(r.stdout.strip().splitlines()[-1])))
-    print(f"\n{'committed':>10} {'catalog':>10} {'to do':>7} {'plan s':>7} {'count s':>7} {'plan peak MiB':>13} {'run peak MiB':>12} "
-          f"{'B/image':>8} {'Python heap peak MiB':>20}")
+    columns = ["committed ids", "catalog rows", "to do", "plan s", "count s", "plan peak MiB", "run peak MiB", "bytes/image", "Python heap peak MiB"]
+    rows = []
     for n, r in results:
-        print(f"{r['committed']:>10} {r['catalog']:>10} {r['todo']:>7} {r['plan_s']:>7.1f} {r['count_s']:>7.1f} {r['plan_peak'] / 2**20:>13.0f} "
-              f"{r['peak'] / 2**20:>12.0f} {r['peak'] / r['catalog']:>8.0f} {r['py_peak'] / 2**20:>20.1f}")
         assert r["counted"] == n and r["todo"] == args.new, "the synthetic table was not read back whole"
+        rows.append([f"{r['committed']:,}", f"{r['catalog']:,}", f"{r['todo']:,}", f"{r['plan_s']:.1f}", f"{r['count_s']:.1f}",
+                     f"{r['plan_peak'] / 2**20:,.0f}", f"{r['peak'] / 2**20:,.0f}", f"{r['peak'] / r['catalog']:.0f}", f"{r['py_peak'] / 2**20:.1f}"])
+    print_table(columns, rows)
     (n0, r0), (n1, r1) = results[0], results[-1]
     slope = (r1["peak"] - r0["peak"]) / (r1["catalog"] - r0["catalog"]) if n1 > n0 else r1["peak"] / r1["catalog"]
     base = r1["rss_after_imports"]
@@ -151,11 +148,25 @@ def main() -> None:
     # A Ray head node also runs the GCS, raylet and dashboard (about 1 GiB here) and by default gives
     # 30% of its memory to the object store.
     with_ray = (0.7 * args.head_gib * GIB - 1 * GIB - base) / slope
-    print(f"\nper image (slope between {n0:,} and {n1:,}): {slope:.0f} bytes of driver memory; driver after imports {base / 2**20:.0f} MiB")
-    print(f"a {args.head_gib:.0f} GiB head node runs out at about {driver_only / 1e6:.0f}M images for the driver alone, "
-          f"{with_ray / 1e6:.0f}M with Ray's default 30% object store and ~1 GiB of Ray processes beside it")
-    print(f"host: {host()}; code: {args.code}; load average {os.getloadavg()[0]:.2f}")
-    print(f"command: python bench/driver_memory.py {' '.join(sys.argv[1:])}")
+    notes = [
+        f"Per image (the slope between {n0:,} and {n1:,} committed ids): **{slope:.0f} bytes** of driver memory; the driver "
+        f"uses {base / 2**20:.0f} MiB after its imports.",
+        f"A {args.head_gib:.0f} GiB head node runs out at about **{driver_only / 1e6:.0f}M images** for the driver alone, "
+        f"{with_ray / 1e6:.0f}M with Ray's default 30% object store and ~1 GiB of Ray processes beside it.",
+    ]
+    for line in notes:
+        print(line.replace("**", ""))
+    command = "python bench/driver_memory.py " + " ".join(sys.argv[1:])
+    if args.code == str(REPO / "src"):
+        results_file.save("driver_memory", command.strip(), columns, rows, notes)
+
+
+def print_table(columns: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    print()
+    for line in [columns, *rows]:
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+    print()
 
 
 if __name__ == "__main__":
