@@ -42,6 +42,8 @@ from PIL import Image, ImageOps
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+import results as results_file  # noqa: E402
 
 
 def make_cfg(*overrides):
@@ -358,17 +360,21 @@ def main() -> None:
         rc = rate.get("(c) model only", float("nan"))
         results += [(workload, m, k, s, k / s, k / s / rb, k / s / rc, note, ld) for m, k, s, note, ld in rows]
     ray.shutdown()
-    print(f"\n{'workload':<9} {'method':<21} {'images':>8} {'seconds':>8} {'images/s':>9} {'vs best (b)':>11} {'of (c)':>7} {'load':>5}  precision")
-    for w, m, n, secs, r, vb, vc, note, ld in results:
-        print(f"{w:<9} {m:<21} {n:>8} {secs:>8.1f} {r:>9.1f} {vb:>10.2f}x {vc:>6.0%} {ld:>5.2f}  {note}")
-    print(f"\nhost: {host_description()}")
-    print(f"(a) on Ray {ray.__version__} with num_cpus={args.num_cpus}, worker niceness {os.environ['RAY_worker_niceness']} "
-          f"(this script's: {os.nice(0)}), overrides {args.overrides or 'none'}")
-    for w, c in choices.items():
-        if c:
-            print(f"(a) [{w}] predictor.dtype=auto chose {c['dtype']}: {c['why']}")
-    print(f"load: 1-minute load average when each method started (other users of this machine)\ncommand: {command}")
-
+    columns = ["workload", "method", "images", "seconds", "images/s", "vs best (b)", "of (c)", "load", "precision"]
+    table = [[w, m, f"{n:,}", f"{secs:.1f}", f"{r:,.1f}", f"{vb:.2f}x", f"{vc:.0%}", f"{ld:.2f}", note] for w, m, n, secs, r, vb, vc, note, ld in results]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print()
+    for line in [columns, *table]:
+        print("  ".join(cell.ljust(w) if i in (0, 1, 8) else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
+    notes = [f"(a) on Ray {ray.__version__} with num_cpus={args.num_cpus}, worker niceness {os.environ['RAY_worker_niceness']} "
+             f"(this script's: {os.nice(0)}), overrides {args.overrides or 'none'}"]
+    notes += [f"(a) [{w}] predictor.dtype=auto chose {c['dtype']}: {c['why']}" for w, c in choices.items() if c]
+    notes.append("load: 1-minute load average when each method started (other users of this machine)")
+    print()
+    for line in notes:
+        print(line)
+    print(f"host: {host_description()}\ncommand: {command}")
+    results_file.save("backfill", command, columns, table, notes, align="llrrrrrrl")
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,6 @@ images/s is the steady-state rate: epochs 2.. (epoch 1 includes start-up), train
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
+import results as results_file  # noqa: E402
 
 
 def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batch: int) -> list[float]:
@@ -79,7 +79,7 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batc
 
 def breakdown(clock: dict, images: int) -> str:
     """Microseconds per training image spent on each part of the step."""
-    return "  ".join(f"{k} {clock[k] / images * 1e6:6.0f}" for k in ("data", "augment", "compute", "optimizer"))
+    return ", ".join(f"{k} {clock[k] / images * 1e6:.0f}" for k in ("data", "augment", "compute", "optimizer"))
 
 
 def main() -> None:
@@ -135,9 +135,13 @@ def main() -> None:
         b_total = time.perf_counter() - start
 
     a, b = float(np.mean(a_rates[1:])), float(np.mean(b_rates[1:]))
-    print(f"\n{'method':<34} {'images':>7} {'epochs':>6} {'images/s':>9} {'vs (b)':>7} {'end-to-end':>11}")
-    print(f"{'(a) catalog-vision, 2 Train workers':<34} {len(x):>7} {args.epochs:>6} {a:>9.0f} {a / b:>6.2f}x {len(x) * args.epochs / a_total:>9.0f}/s")
-    print(f"{'(b) plain PyTorch, 1 process':<34} {len(x):>7} {args.epochs:>6} {b:>9.0f} {1.0:>6.2f}x {len(x) * args.epochs / b_total:>9.0f}/s")
+    columns = ["method", "images", "epochs", "images/s", "vs (b)", "end-to-end"]
+    table = [["(a) catalog-vision, 2 Train workers", f"{len(x):,}", str(args.epochs), f"{a:,.0f}", f"{a / b:.2f}x", f"{len(x) * args.epochs / a_total:,.0f}/s"],
+             ["(b) plain PyTorch, 1 process", f"{len(x):,}", str(args.epochs), f"{b:,.0f}", "1.00x", f"{len(x) * args.epochs / b_total:,.0f}/s"]]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print()
+    for line in [columns, *table]:
+        print("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths))))
     print(f"\nper epoch (a): {[round(r) for r in a_rates]}  (b): {[round(r) for r in b_rates]}")
     # Where the time goes, steady-state epochs, in microseconds of wall time per training image
     # (for (a): per worker, each worker handling half of the images).
@@ -149,8 +153,12 @@ def main() -> None:
     print("us per image per process:")
     print(f"  (a) one worker: {breakdown(a_clock, n_a)}   (compute includes DDP's all-reduce)")
     print(f"  (b) the process: {breakdown(b_clock, n_b)}")
-    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads for (b)); "
-          f"(a): {t['num_workers']} workers x {t.get('threads_per_worker')} threads, batch {t['batch_size']}/worker; Ray {ray.__version__}")
+    setup = (f"{cfg['model']['name']}: (b) {torch.get_num_threads()} torch threads; (a) {t['num_workers']} workers x {t.get('threads_per_worker')} threads, "
+             f"batch {t['batch_size']}/worker, Ray {ray.__version__}")
+    notes = [setup, f"per epoch (a): {[round(r) for r in a_rates]}; (b): {[round(r) for r in b_rates]} images/s",
+             f"microseconds per image, (a) one worker: {breakdown(a_clock, n_a)} (compute includes DDP's all-reduce); (b): {breakdown(b_clock, n_b)}"]
+    print(setup)
+    results_file.save(f"train-{cfg['model']['name']}", "python bench/train.py " + " ".join(sys.argv[1:]), columns, table, notes, align="lrrrrr")
 
 
 if __name__ == "__main__":
