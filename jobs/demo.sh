@@ -2,7 +2,7 @@
 # The whole chain on this machine: Fashion-MNIST catalog -> Ray Train -> backfill of the 10,000
 # test images -> DuckDB query summary. Extra arguments are Hydra overrides, e.g.
 #   bash jobs/demo.sh trainer.epochs=3
-#   bash jobs/demo.sh experiment=fashion_mnist_94     # the 94% recipe (~27 minutes on 2 cores)
+#   bash jobs/demo.sh experiment=fashion_mnist_94     # the accuracy recipe (README "The accuracy recipe")
 # Afterwards bench/results/demo-<experiment>.json holds the run's figures (the README's Results table).
 start=$SECONDS
 source "$(dirname "${BASH_SOURCE[0]}")/setup_env.sh"

@@ -283,8 +283,8 @@ def collect_reports(folder: str, storage: Mapping[str, Any] | None = None) -> li
 def tasks_in_flight(p: Mapping[str, Any]) -> int | None:
     """Tasks queued per predictor actor. Decoding in the actors, a queued task is only catalog rows
     (nothing expensive to prefetch), and every queued task is pinned to its actor: at the end of a
-    run the other actors idle while it drains (Ray Data's default of 4 in flight: up to three 64-image
-    resnet18 batches, ~15 s on one core of the build machine). One queued behind the running one
+    run the other actors idle while it drains (Ray Data's default of 4 in flight: up to three whole
+    batches waiting behind one actor). One queued behind the running one
     keeps the dispatch round trip off the actor's critical path for short (small-image) batches.
     With separate decode tasks, queued tasks hold decoded batches ready: Ray's default."""
     return 2 if decode_in(p) == "actors" else None

@@ -147,7 +147,7 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
         im.seek(0)  # animated formats: first frame
         if im.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling) when the image is at least
-            # twice the target: a 2000x1500 photo for a 224x224 model decodes ~10x faster. The
+            # twice the target (README "Benchmarks" has what it saves on photos). The
             # result is never smaller than the target (either orientation), and resize does the rest.
             side = max(spec.image_size)
             if min(w, h) >= 2 * side:

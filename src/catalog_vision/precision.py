@@ -1,8 +1,8 @@
 """``dtype: auto`` on CPU: the faster of float32 and bfloat16 autocast, measured on the host.
 
-CPU flags do not predict it. Without AVX512-BF16, bf16 is emulated (resnet18 at 7x float32's time
-on an AMD EPYC without AVX-512); with AVX512-BF16 but no AMX it can still lose to float32 for some
-models and shapes, while on other models it is 2.5x faster. So the real model is timed at the real
+CPU flags do not predict it. Without AVX512-BF16, bf16 is emulated (several times float32's time);
+with AVX512-BF16 but no AMX it can still lose to float32 for some models and shapes while winning
+clearly on others (README "Precision"). So the real model is timed at the real
 input shape, in both, and bf16 is kept only when clearly faster (``MARGIN``). A decision is cached
 per host in a small JSON file keyed by CPU model, torch version, model, input shape and threads, so
 each host pays for the measurement (a few seconds) once, not every actor of every run.

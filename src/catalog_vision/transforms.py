@@ -1,9 +1,8 @@
 """Augmentation presets on ``torchvision.transforms.v2``, applied per image to ``uint8 (N,C,H,W)``.
 
 v2 transforms draw one set of random parameters per call, so a batched tensor would get the same
-crop for every image; :func:`apply` calls the pipeline once per image instead. Measured on this
-2-core machine for 28x28 images: ``pad_crop_flip`` ~65 us/image, ``+ random erasing`` ~140 us,
-``trivial_augment`` ~1.3 ms (as costly as a training step of the small CNNs: use it on GPUs).
+crop for every image; :func:`apply` calls the pipeline once per image instead. ``trivial_augment``
+costs about as much per image as a training step of the small CNNs on CPU: use it on GPUs.
 
 Presets (``trainer.augment.preset``):
 
