@@ -29,6 +29,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+import results as results_file  # noqa: E402
 
 
 def fresh_loop(urls, opts):
@@ -72,6 +74,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     ca, key = self_signed(tmp)
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {args.urls} URLs x {args.kib} KiB a batch, median of {args.batches} batches")
+    table = []
     for scheme, cert in (("http", None), ("https", (ca, key))):
         parent, child = mp.Pipe()
         proc = mp.get_context("spawn").Process(target=serve, args=(child, body, cert), daemon=True)
@@ -93,8 +96,11 @@ def main() -> None:
                 assert all(isinstance(g, bytes) and len(g) == len(body) for g in got), "a fetch failed"
             med = statistics.median(times)
             print(f"{scheme:5s}  {name:12s}  {med * 1000:7.1f} ms/batch  ({args.urls / med:6.0f} URLs/s)  new connections per batch: {statistics.median(conns):.0f}")
+            table.append([scheme, name, f"{med * 1000:.1f}", f"{args.urls / med:,.0f}", f"{statistics.median(conns):.0f}"])
         parent.send("stop")
         proc.join(10)
+    results_file.save("http_fetch", "python bench/http_fetch.py " + " ".join(sys.argv[1:]), ["scheme", "event loop", "ms per batch", "URLs/s", "new connections per batch"],
+                      table, [f"{args.urls} URLs x {args.kib} KiB a batch, median of {args.batches} batches, loopback server in another process"], align="llrrr")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import pyarrow.parquet as pq
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as results_file  # noqa: E402
 
 
 def main() -> None:
@@ -67,14 +69,18 @@ def main() -> None:
         names = np.asarray(p.loaded.classes)
     ref_top = results["float32"][0].argmax(1)
     print(f"{len(pixels)} images from {args.manifest} (split={args.split}); CPU native bf16: {cpu_has_native_bf16()}")
-    print(f"{'dtype':<10} {'img/s all':>10} {'img/s 1thr':>10} {'top-1 acc':>10} {'agree fp32':>11} {'min cos(emb)':>13}")
+    columns = ["dtype", "images/s, all threads", "images/s, 1 thread", "top-1 accuracy", "top-1 agreement with float32", "min cos(embedding)"]
+    table = []
     for dtype, (probs, emb, rate, one) in results.items():
         top = probs.argmax(1)
         acc = float(np.mean(names[top] == np.asarray(labels)))
         agree = float(np.mean(top == ref_top))
         cos = float(np.min(np.sum(emb * results["float32"][1], axis=1)))
-        print(f"{dtype:<10} {rate:>10.0f} {one:>10.0f} {acc:>10.4f} {agree:>11.4f} {cos:>13.5f}")
-
+        table.append([dtype, f"{rate:,.0f}", f"{one:,.0f}", f"{acc:.4f}", f"{agree:.4f}", f"{cos:.5f}"])
+    for line in [columns, *table]:
+        print("  ".join(line))
+    notes = [f"{len(pixels):,} images of {args.manifest} (split {args.split}), checkpoint {args.checkpoint}; {torch.get_num_threads()} threads"]
+    results_file.save("precision", "python bench/precision.py " + " ".join(sys.argv[1:]), columns, table, notes)
 
 if __name__ == "__main__":
     main()

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import results as results_file  # noqa: E402
 
 
 def _write_pngs(args):
@@ -204,14 +206,19 @@ def main() -> None:
         c = result["counts"]
         rows.append((n, result["seconds"], result["images_per_s"], sampler.peak_pss, sampler.peak_rss, sampler.peak_procs, c["model_rows"], c["model_distinct_image_ids"], c["files"]))
     base = rows[0][3]
-    print(f"\n{'images':>10} {'seconds':>8} {'images/s':>9} {'peak PSS':>10} {'vs first':>8} {'peak RSS sum':>12} {'procs':>6} {'rows':>10} {'distinct':>10} {'files':>6}")
-    for n, secs, rate, pss, rss, procs, rows_, distinct, files in rows:
-        print(f"{n:>10,} {secs:>8.1f} {rate:>9.1f} {pss / 2**30:>8.2f}GiB {pss / base:>7.2f}x {rss / 2**30:>10.2f}GiB {procs:>6} {rows_:>10,} {distinct:>10,} {files:>6}")
     import torch
 
-    print(f"\nmachine: {os.cpu_count()} CPUs, torch {torch.__version__}; Ray num_cpus={args.num_cpus}; overrides {args.overrides or 'none'}")
-    print(f"images/s counts the backfill's pipeline (after planning); seconds is the whole backfill() call; page cache: {args.cache}.")
-
+    columns = ["images", "seconds", "images/s", "peak memory (PSS sum)", "vs first", "RSS sum", "processes", "rows", "distinct ids", "files"]
+    table = [[f"{n:,}", f"{secs:.1f}", f"{rate:,.1f}", f"{pss / 2**30:.2f} GiB", f"{pss / base:.2f}x", f"{rss / 2**30:.2f} GiB", str(procs),
+              f"{rows_:,}", f"{distinct:,}", str(files)] for n, secs, rate, pss, rss, procs, rows_, distinct, files in rows]
+    widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
+    print()
+    for line in [columns, *table]:
+        print("  ".join(cell.rjust(w) for cell, w in zip(line, widths)))
+    notes = [f"torch {torch.__version__}; Ray num_cpus={args.num_cpus}; overrides {args.overrides or 'none'}; page cache: {args.cache}",
+             "images/s counts the backfill's pipeline (after planning); seconds is the whole backfill() call"]
+    print("\n".join(notes))
+    results_file.save("scale", "python bench/scale.py " + " ".join(sys.argv[1:]), columns, table, notes)
 
 if __name__ == "__main__":
     main()
