@@ -99,3 +99,48 @@ def wait_for(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return False
+
+
+AGENT_PORTS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
+               "node-manager-port", "object-manager-port")
+
+
+@dataclass
+class Node:
+    proc: subprocess.Popen
+    private: str | None
+
+
+def add_node(cluster: Cluster, num_cpus: int = 1, private_mount: str | None = None, resources: str | None = None) -> Node:
+    """A worker node (``ray start --address --block``) in its own process group. With
+    ``private_mount``, the node runs in its own mount namespace with an empty tmpfs over that path:
+    the node's own disk there, as on a cluster whose nodes do not share the folder."""
+    cmd = [str(BIN / "ray"), "start", f"--address={cluster.gcs_address}", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+           "--disable-usage-stats", "--block", *(f"--{name}={free_port()}" for name in AGENT_PORTS)]
+    if resources:
+        cmd.append(f"--resources={resources}")
+    if private_mount:
+        os.makedirs(private_mount, exist_ok=True)
+        import shlex
+
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               f"mount -t tmpfs cv-private {shlex.quote(private_mount)} && exec {shlex.join(cmd)}"]
+    proc = subprocess.Popen(cmd, env=cluster.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return Node(proc, private_mount)
+
+
+def remove_node(node: Node) -> None:
+    """Kill every process of the node (its process group: ray start, raylet, workers)."""
+    import signal
+
+    try:
+        os.killpg(node.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    node.proc.wait(timeout=30)
+
+
+def alive_nodes(cluster: Cluster) -> int:
+    r = subprocess.run([sys.executable, "-c", "import ray; ray.init(address='auto', log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"],
+                       env={**cluster.env, "RAY_ADDRESS": cluster.gcs_address}, capture_output=True, text=True, timeout=120)
+    return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else -1

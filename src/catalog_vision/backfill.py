@@ -34,6 +34,7 @@ from .plan import count_files, error_classes, plan_run
 from .sink import commit_batch, committed_files, remove_stale_temp_files
 from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
+from .storage.shared import check_shared
 
 log = logging.getLogger("catalog_vision")
 
@@ -83,6 +84,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     check_predictor(cfg["predictor"])
     max_error_fraction(cfg["output"])
     init_ray(cfg["ray"])
+    check_shared([cfg["paths"]["predictions"], cfg["paths"]["output"]], storage)  # commit tasks write from every node
     p = effective_predictor(cfg["predictor"], cluster_resource("GPU"), on_cluster=bool(cfg["ray"].get("address") or os.environ.get("RAY_ADDRESS")))
 
     checkpoint = st.absolute(p["checkpoint"])

@@ -40,6 +40,7 @@ from .images import Preprocessing
 from .models import build_model, set_backbone_frozen
 from .models import pretrained as pretrained_weights
 from .runtime import init_ray, new_run_id, say, verbose
+from .storage.shared import check_shared
 
 log = logging.getLogger("catalog_vision")
 
@@ -492,6 +493,7 @@ def train(cfg: Mapping[str, Any]) -> dict:
     weights = pretrained_weights.resolve(model_cfg, storage) if model_cfg.get("pretrained") else None
     spec = Preprocessing.from_dict(pretrained_weights.adapt_preprocessing(model_cfg, data["preprocessing"]))
     init_ray(cfg["ray"])
+    check_shared([t["storage_path"], cfg["paths"]["model"]], storage)  # multi-node: checkpoints from every worker, one place
     classes = resolve_classes(data, storage)
     if data.get("classes") in (None, "auto"):
         log.info("data.classes=auto: %d classes from the catalog: %s", len(classes), classes[:20] + (["..."] if len(classes) > 20 else []))
