@@ -181,3 +181,25 @@ def test_local_fetch_gives_each_file_its_own_outcome(tmp_path):
     out = fetch_and_decode({"image_id": np.array(uris, dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * 4, dtype=object)}, GRAY.to_dict())
     assert [None if e is None else e.split(":", 1)[0] for e in out["error"]] == [None, "MissingObject", "ReadError", None]
     assert int(out["pixels"][0].max()) == 7 and int(out["pixels"][3].max()) == 7
+
+
+def test_an_undocumented_decoder_failure_is_a_final_error_row(monkeypatch):
+    """A decoder bug (here exif_transpose raising KeyError, as malformed EXIF blocks have made it do)
+    is a DecodeError row, which is committed like any bad image, not a ReadError the next run would
+    retry forever (review 3.15)."""
+    from PIL import ImageOps
+
+    from catalog_vision.outcome import is_retryable
+
+    def broken(im, **kw):
+        raise KeyError(274)  # the orientation tag
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", broken)
+    im = Image.new("RGB", (32, 24), (200, 10, 10))
+    exif = im.getexif()
+    exif[0x0112] = 6
+    data = encode(im, "JPEG", exif=exif.tobytes())
+    with pytest.raises(Exception) as info:
+        decode(data, Preprocessing(image_size=(16, 16), channels=3, mean=(0.5,) * 3, std=(0.5,) * 3))
+    row = error_string(info.value)
+    assert row.startswith("DecodeError: KeyError: 274") and not is_retryable(row)

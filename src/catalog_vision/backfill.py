@@ -163,6 +163,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
             batch_size=None,
             batch_format="pyarrow",
             zero_copy_batch=True,
+            memory=commit_memory(int(cfg["output"]["rows_per_file"]), int(meta.get("embedding_dim") or 2048)),
         )
         receipts = list(ds.iter_rows())
         if cfg["ray"].get("log_stats"):
@@ -280,6 +281,13 @@ def collect_reports(folder: str, storage: Mapping[str, Any] | None = None) -> li
     with contextlib.suppress(OSError):  # object stores have no empty folders to remove
         fs.rmdir(path)
     return reports
+
+
+def commit_memory(rows_per_file: int, embedding_dim: int) -> float:
+    """What a commit task holds: its block of rows (the float32 embedding and ~512 bytes of the rest
+    per row), the Parquet file being encoded, and Arrow's working copies: about three times the block,
+    declared so Ray does not pack more commits onto a node than its memory holds."""
+    return 3.0 * rows_per_file * (4 * embedding_dim + 512)
 
 
 def tasks_in_flight(p: Mapping[str, Any]) -> int | None:

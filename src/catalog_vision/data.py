@@ -19,7 +19,7 @@ from PIL import Image
 from . import storage as st
 from .catalogs.table import iter_table_file
 from .storage import http
-from .images import AccessDenied, ImageError, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
+from .images import AccessDenied, DecodeError, ImageError, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
 
 # Memory reserved per decode task (MiB) unless data.decode_memory_mb says otherwise. Besides
 # scheduling, a declared memory that differs from the predictor's keeps Ray Data from fusing decode
@@ -326,8 +326,8 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
                 errors[i] = None
             except ImageError as e:
                 errors[i] = error_string(e)
-            except Exception as e:  # a decoder bug must not cost the other rows
-                errors[i] = error_string(ReadError(f"unexpected {type(e).__name__}: {e}"))
+            except Exception as e:  # a decoder bug must not cost the other rows; final, like the bytes
+                errors[i] = error_string(DecodeError(f"unexpected {type(e).__name__}: {e}"))
     out = {
         "image_id": np.asarray(batch["image_id"], dtype=object),
         "uri": np.asarray(uris, dtype=object),

@@ -55,6 +55,11 @@ class ReadError(ImageError):
     pass
 
 
+class DecodeError(ImageError):
+    """The decoder failed in a way it does not document (e.g. a malformed EXIF block making
+    ``exif_transpose`` raise ``KeyError``): the bytes are what they are, so it is final, not retried."""
+
+
 class RefusedURI(ImageError):
     """The manifest names a URI its policy does not allow (``data.uri_schemes``, ``data.uri_prefixes``)."""
 
@@ -166,6 +171,10 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
         raise NotAnImage(f"{type(e).__name__}: {e}") from None
     except (ValueError, SyntaxError, EOFError) as e:
         raise NotAnImage(f"{type(e).__name__}: {e}") from None
+    except ImageError:
+        raise
+    except Exception as e:  # a decoder bug on these bytes: an error row, and the same on every run
+        raise DecodeError(f"{type(e).__name__}: {e}") from None
     if arr.ndim == 2:
         arr = arr[None]
     else:

@@ -18,7 +18,6 @@ import hashlib
 import io
 import os
 import time
-import uuid
 from typing import Any, Mapping
 
 import pyarrow as pa
@@ -30,7 +29,7 @@ from . import storage as st
 from .outcome import TooManyErrors, is_retryable
 
 
-TEMP_SUFFIX = ".tmp"
+TEMP_SUFFIX = st.TEMP_SUFFIX
 # output.max_error_fraction is checked on batches of at least this many rows (a run's short last
 # file of a few rows says little about the storage or the decoder).
 MIN_ROWS_FOR_ERROR_CHECK = 20
@@ -78,21 +77,10 @@ def commit_batch(
     name = part_name(batch.column("image_id").to_pylist())
     buf = io.BytesIO()
     pq.write_table(batch, buf, compression=compression)
-    data = buf.getvalue()
     uri = st.join(out_dir, name)
-    fs, path = st.resolve(uri, storage)
     if lease_uri:
         lease.check(lease_uri, lease_token or "", storage)
-    if st.is_remote(uri):
-        fs.pipe_file(path, data)
-    else:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    st.write_bytes(uri, buf.getbuffer(), storage)  # atomic (local: temp file + rename); a view, not a copy
     return _receipt(uri, batch.num_rows, n_errors - n_retry, n_retry, sample)
 
 

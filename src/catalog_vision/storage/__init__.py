@@ -8,9 +8,11 @@ AWS profile), never from saved configs.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import uuid
 from typing import Any, Mapping
 
 import fsspec
@@ -98,12 +100,34 @@ def read_bytes(uri: str, storage: Mapping[str, Any] | None = None) -> bytes:
     return fs.cat_file(path)
 
 
-def write_bytes(uri: str, data: bytes, storage: Mapping[str, Any] | None = None) -> None:
-    fs, path = resolve(uri, storage)
-    parent = path.rsplit("/", 1)[0]
+TEMP_SUFFIX = ".tmp"
+
+
+def write_bytes(uri: str, data: bytes | memoryview, storage: Mapping[str, Any] | None = None) -> None:
+    """Write a whole object atomically: readers see the old content or the new, never a part. An
+    object store's PUT is atomic; a local file is written beside its target and renamed over it."""
     if not is_remote(absolute(uri)):
-        os.makedirs(parent, exist_ok=True)
-    fs.pipe_file(path, data)
+        write_local_atomic(absolute(uri), data)
+        return
+    fs, path = resolve(uri, storage)
+    fs.pipe_file(path, bytes(data) if isinstance(data, memoryview) else data)
+
+
+def write_local_atomic(path: str, data: bytes | memoryview) -> None:
+    """A hidden temp file in the same folder (same filesystem), fsync, then ``os.replace``."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
 
 
 def write_json(uri: str, obj: Any, storage: Mapping[str, Any] | None = None) -> None:
