@@ -71,7 +71,7 @@ def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _hits(lims: np.ndarray, labels: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray]:
-    q = np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims)) + start
+    q = np.repeat(np.arange(len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64))) + start
     return q, labels.astype(np.int64)
 
 
