@@ -185,7 +185,7 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.01)
     ap.add_argument("--scale-rows", type=int, default=1_000_000)
     args = ap.parse_args()
-    settings = {"alpha": args.alpha, "psi_threshold": 0.1, "embedding": True, "classifier": {"rows": 5000, "folds": 5},
+    settings = {"alpha": args.alpha, "psi_threshold": 0.1, "embedding": True, "classifier": {"rows": 10000, "test_fraction": 0.5},
                 "mmd": {"rows": 1000, "permutations": 200}, "seed": 0}
     with tempfile.TemporaryDirectory(prefix="drift-cal-") as tmp:
         pools = embed_pools(args, tmp)

@@ -18,7 +18,7 @@ from catalog_vision.infer import Predictor
 from conftest import make_cfg
 
 HALF = 1500
-SETTINGS = ["drift.classifier.rows=1500", "drift.mmd.rows=400", "drift.mmd.permutations=200"]
+SETTINGS = ["drift.classifier.rows=3000", "drift.mmd.rows=400", "drift.mmd.permutations=200"]
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ catalog, or one model's tables for two catalogs.
 [1] Load both sides: one row per image, error rows skipped (:mod:`.load`).
 [2] Label distribution: chi-squared on the 2 x K counts, PSI, and per class fractions and terms.
 [3] Confidence: two-sample KS on the top-1 score.
-[4] Embeddings (on a sample of each side): a domain classifier's cross-validated ROC-AUC and an
+[4] Embeddings (on a sample of each side): a domain classifier's held-out ROC-AUC and an
     MMD permutation test (:mod:`.drift_stats`).
 [5] Write ``drift.json`` and PNG figures.
 """
@@ -47,7 +47,7 @@ def check_comparable(ref: Predictions, cur: Predictions, embedding: bool) -> lis
 def embedding_tests(ref: np.ndarray, cur: np.ndarray, d: Mapping[str, Any], alpha: float, rng: np.random.Generator) -> dict:
     clf_rows, mmd_rows = int(d["classifier"]["rows"]), int(d["mmd"]["rows"])
     a, b = ref[sample_rows(len(ref), clf_rows, rng)], cur[sample_rows(len(cur), clf_rows, rng)]
-    clf = ds.domain_classifier(a, b, alpha, folds=int(d["classifier"]["folds"]), seed=int(d["seed"]))
+    clf = ds.domain_classifier(a, b, alpha, test_fraction=float(d["classifier"]["test_fraction"]), seed=int(d["seed"]))
     a, b = ref[sample_rows(len(ref), mmd_rows, rng)], cur[sample_rows(len(cur), mmd_rows, rng)]
     mmd = ds.mmd_permutation(a, b, alpha, permutations=int(d["mmd"]["permutations"]), seed=int(d["seed"]))
     return {"embedding_classifier": clf, "embedding_mmd": mmd}
@@ -71,7 +71,7 @@ def compare(ref: Predictions, cur: Predictions, d: Mapping[str, Any]) -> dict:
     figures = {"classes": classes, "counts": (a, b), "scores": (scores_a, scores_b)}
     if "embedding_classifier" in tests:
         figures["domain_scores"] = tests["embedding_classifier"].pop("scores")
-        figures["domain_rows"] = tests["embedding_classifier"]["rows"]
+        figures["domain_side"] = tests["embedding_classifier"].pop("score_side")
     alarms = [name for name in TESTS if name in tests and tests[name]["verdict"] == "drift"]
     per_class = [
         {"label": c, "reference_count": int(x), "current_count": int(y), "reference_fraction": x / max(a.sum(), 1),

@@ -54,11 +54,11 @@ def write_figures(out: str, report: Mapping[str, Any], f: Mapping[str, Any], sto
     written["scores"] = _save(fig, st.join(out, "score_distribution.png"), storage)
 
     if "domain_scores" in f:
-        p, (n, _) = f["domain_scores"], f["domain_rows"]
+        p, side = f["domain_scores"], f["domain_side"]
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.hist(p[:n], bins=40, alpha=0.5, label="reference sample")
-        ax.hist(p[n:], bins=40, alpha=0.5, label="current sample")
-        ax.set_xlabel("domain classifier P(current), out of fold")
+        ax.hist(p[side == 0], bins=40, alpha=0.5, label="reference (held out)")
+        ax.hist(p[side == 1], bins=40, alpha=0.5, label="current (held out)")
+        ax.set_xlabel("domain classifier P(current) on held-out rows")
         ax.set_title(_title("AUC", tests["embedding_classifier"]) + "\n" + _title("MMD^2", tests["embedding_mmd"]), fontsize=9)
         ax.legend()
         written["embedding"] = _save(fig, st.join(out, "embedding_domain_classifier.png"), storage)
