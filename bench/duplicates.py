@@ -81,7 +81,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--noise", type=float, default=0.004)
     ap.add_argument("--sample", type=int, default=50_000)
-    ap.add_argument("--nprobe", type=int, nargs="+", default=[8])
+    ap.add_argument("--nprobe", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--baseline-rows", type=int, default=100_000)
     args = ap.parse_args()
 

@@ -34,7 +34,7 @@ def similar_pairs(
     exact_max_rows: int = 200_000,
     block_rows: int = 8192,
     nlist: int | None = None,
-    nprobe: int = 8,
+    nprobe: int = 4,
     train_rows: int = 100_000,
     seed: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -56,7 +56,7 @@ def similar_pairs(
     else:
         nlist = int(nlist or max(1, min(n // 39, round(4 * math.sqrt(n)))))
         i, j = _ivf(x, threshold - SLACK, block_rows, nlist, nprobe, train_rows, seed)
-        info = {"method": "ivf", "nlist": nlist, "nprobe": int(nprobe), "train_rows": int(min(train_rows, n)), "block_rows": block_rows}
+        info = {"method": "ivf", "nlist": nlist, "nprobe": int(nprobe), "train_rows": int(min(max(train_rows, 40 * nlist), n)), "block_rows": block_rows}
     sim = rescore(x, i, j)
     keep = sim >= threshold
     return i[keep], j[keep], sim[keep], info
@@ -103,6 +103,7 @@ def _ivf(x: np.ndarray, radius: float, block: int, nlist: int, nprobe: int, trai
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
+    train_rows = max(int(train_rows), 40 * nlist)  # k-means wants at least 39 points per cell
     sample = x if n <= train_rows else x[np.sort(rng.choice(n, train_rows, replace=False))]
     index.cp.seed = seed
     index.cp.niter = 10  # cells only need to keep near vectors together, not be optimal
