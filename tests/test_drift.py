@@ -17,6 +17,8 @@ from catalog_vision.analytics.shifts import brighten, embed, quick_checkpoint, w
 from catalog_vision.infer import Predictor
 from conftest import make_cfg
 
+pytestmark = pytest.mark.slow  # the fixture trains two small models
+
 HALF = 1500
 SETTINGS = ["drift.classifier.rows=3000", "drift.mmd.rows=400", "drift.mmd.permutations=200"]
 
