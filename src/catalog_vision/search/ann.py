@@ -84,6 +84,9 @@ def build(vectors: np.ndarray, params: IndexParams):
         pick = np.random.default_rng(params.seed).choice(n, nlist * params.train_per_list, replace=False)
         train = vectors[np.sort(pick)]
     index.cp.seed = params.seed
+    # float16 (and float32) codes store the vector itself, not its offset from the cell's centroid:
+    # scores then do not depend on how the cells were trained (a grown index answers as a rebuilt one).
+    index.by_residual = params.encoding == "SQ8"
     index.train(np.ascontiguousarray(train, dtype=np.float32))
     index.set_direct_map_type(faiss.DirectMap.Array)
     add(index, vectors)

@@ -39,10 +39,10 @@ def library() -> dict:
 
 def full_reason(prev: Mapping[str, Any] | None, files: Mapping[str, int], params: ann.IndexParams, incremental: bool) -> str | None:
     """Why the index must be built from scratch, or ``None`` when new files can be added to it."""
-    if prev is None:
-        return "no index yet"
     if not incremental:
         return "index.incremental=false"
+    if prev is None:
+        return "no index yet"
     if prev.get("format") != FORMAT:
         return f"the index's format {prev.get('format')!r} is not {FORMAT!r}"
     if prev["library"]["version"].split(".")[:2] != library()["version"].split(".")[:2]:
