@@ -99,7 +99,7 @@ def measure(name: str, build, search_one, search_many, size_bytes, queries: np.n
     row = {"index": name, "build_s": build_s, "bytes_per_vector": size_bytes(index) / index_size(index), "recall": recall,
            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)), "qps": len(queries) / batch_s, "load": os.getloadavg()[0]}
     print_row(row)
-    return row
+    return row, index
 
 
 def index_size(index) -> int:
@@ -127,7 +127,8 @@ def faiss_factory(xb: np.ndarray, spec: str, ef_search: int | None = None, nprob
 
     def build():
         index = faiss.index_factory(xb.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
-        index.train(xb[np.random.default_rng(0).choice(len(xb), min(len(xb), 256 * 1024), replace=False)] if not index.is_trained else xb[:0])
+        if not index.is_trained:  # a sample of at most 256k rows (the project's index: 64 per cell, 4096 cells at 1M)
+            index.train(xb[np.random.default_rng(0).choice(len(xb), min(len(xb), 256 * 1024), replace=False)])
         index.add(xb)
         if ef_search:
             index.hnsw.efSearch = ef_search
@@ -274,10 +275,13 @@ def main() -> None:
     if args.duckdb_queries:
         duckdb_check(xb, queries, truth, args.k, args.duckdb_queries)
     libs = set(args.libs.split(","))
+    ours = None
     for name, build, one, many, size in candidates(xb, libs, args.nprobe, args.k):
-        measure(name, build, one, many, size, queries, truth, args.k, args.latency_queries, args.threads)
-    if args.sweep and ("ivf" in libs or "all" in libs):
-        sweep(xb, queries, truth, args)
+        _, index = measure(name, build, one, many, size, queries, truth, args.k, args.latency_queries, args.threads)
+        ours = index if name.startswith("catalog-vision") else ours
+        del index
+    if args.sweep and ours is not None:
+        sweep(ours, queries, truth, args)
     load1 = os.getloadavg()
     print(f"# load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
 
@@ -299,13 +303,10 @@ def exact_baseline(xb: np.ndarray, queries: np.ndarray, args) -> np.ndarray:
     return truth
 
 
-def sweep(xb, queries, truth, args) -> None:
-    """Recall and speed of the project's index against nprobe (a search setting: one build)."""
-    params = ann.IndexParams()
-    set_threads(args.threads)
-    index = ann.build(xb, params)
+def sweep(index, queries, truth, args) -> None:
+    """Recall and speed of the project's index against nprobe (a search setting: the same build)."""
     for nprobe in [int(x) for x in args.sweep.split(",")]:
-        name = f"catalog-vision IVF{ann.nlist_of(index)},SQfp16 nprobe={nprobe} (sweep)"
+        name = f"catalog-vision IVF{ann.nlist_of(index)},SQfp16 nprobe={nprobe} (same build)"
         ours = lambda index_, q, k, n=nprobe: ann.search(index_, q, k, n)[1]  # noqa: E731
         measure(name, lambda: index, ours, ours, faiss_size, queries, truth, args.k, min(args.latency_queries, 300), args.threads)
 

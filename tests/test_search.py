@@ -76,7 +76,7 @@ def searched(ray_local, local_catalog, random_checkpoint, tmp_path_factory):
 
 def good_rows(table: str) -> pa.Table:
     sql = f"SELECT image_id, uri, label, embedding FROM read_parquet('{table}/*/*.parquet') WHERE error IS NULL ORDER BY image_id"
-    return duckdb.connect().execute(sql).to_arrow_table()
+    return duckdb.connect().sql(sql).to_arrow_table()
 
 
 def test_index_answers_equal_exact_duckdb_search(searched):
@@ -238,3 +238,35 @@ def test_similar_job_from_the_command_line(searched, tmp_path):
     bad = subprocess.run([*base, "similar.image_id=bad-text"], capture_output=True, text=True, timeout=300)
     said = bad.stdout + bad.stderr
     assert bad.returncode == 2 and "image_id 'bad-text' is not in the index" in said and "Traceback" not in said
+
+
+def test_serve_answers_get_similar_from_the_same_index(searched):
+    """The Serve app over the indexed checkpoint answers ``GET /similar`` over real HTTP as the index does."""
+    import requests
+    from ray import serve
+
+    from catalog_vision.serve import build_app
+    from conftest import free_port
+
+    port = free_port()
+    cfg = searched["cfg"]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(build_app({**cfg, "serve": {**cfg["serve"], "port": port, "predictions": {"write": False}}}), name="search-test", route_prefix="/")
+        url = f"http://127.0.0.1:{port}/similar"
+        ids = good_rows(searched["table"]).column("image_id").to_pylist()
+        for q in ids[:5]:
+            r = requests.get(url, params={"image_id": q, "k": 5}, timeout=60)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            want = searched["index"].similar_to([q], 5).drop_columns(["query"]).to_pylist()
+            assert body["model_id"] == searched["index"].manifest["model_id"] and body["results"] == want
+        label = searched["index"].labels()[0]
+        got = requests.get(url, params={"image_id": ids[0], "k": 3, "label": label}, timeout=60).json()["results"]
+        assert got and {r["label"] for r in got} == {label}
+        for params, status, words in [({"image_id": "bad-text"}, 404, "not in the index"), ({"image_id": ids[0], "k": 0}, 422, "k=0"),
+                                      ({"image_id": ids[0], "label": "nope"}, 422, "no images"), ({}, 422, "invalid request")]:
+            r = requests.get(url, params=params, timeout=60)
+            assert r.status_code == status and words in r.json()["error"], r.text
+    finally:
+        serve.shutdown()

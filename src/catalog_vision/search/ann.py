@@ -14,6 +14,7 @@ later run's row for the same image is masked out at search time (an ``IDSelector
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
@@ -21,6 +22,15 @@ from typing import Any, Mapping
 import numpy as np
 
 ENCODINGS = ("SQfp16", "SQ8", "Flat")
+
+
+def faiss_module():
+    """``faiss``, imported without its loader's INFO lines: wheels built with dynamic dispatch have
+    no ``swigfaiss_avx2`` module to find, yet run AVX2/AVX-512 code (``faiss.get_compile_options()``)."""
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    import faiss
+
+    return faiss
 
 
 @dataclass(frozen=True)
@@ -67,14 +77,14 @@ class IndexParams:
 
 def set_threads(threads: int | None) -> None:
     if threads:
-        import faiss
+        faiss = faiss_module()
 
         faiss.omp_set_num_threads(int(threads))
 
 
 def build(vectors: np.ndarray, params: IndexParams):
     """A trained faiss index holding ``vectors`` (float32, L2-normalised) as ids ``0..n-1``."""
-    import faiss
+    faiss = faiss_module()
 
     n, d = vectors.shape
     nlist = max(1, min(params.cells(n), n))
@@ -99,19 +109,19 @@ def add(index, vectors: np.ndarray, chunk: int = 100_000) -> None:
 
 
 def nlist_of(index) -> int:
-    import faiss
+    faiss = faiss_module()
 
     return faiss.extract_index_ivf(index).nlist
 
 
 def serialize(index) -> bytes:
-    import faiss
+    faiss = faiss_module()
 
     return faiss.serialize_index(index).tobytes()
 
 
 def deserialize(data: bytes):
-    import faiss
+    faiss = faiss_module()
 
     return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
 
@@ -130,7 +140,7 @@ def search(index, queries: np.ndarray, k: int, nprobe: int, allowed: np.ndarray 
     allowed set (at most ``exact_below`` rows) is scored exactly against its reconstructed vectors;
     a larger one is searched in the index with a selector, probing proportionally more cells so
     about as many allowed vectors are scanned as without a filter."""
-    import faiss
+    faiss = faiss_module()
 
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if allowed is None:

@@ -32,7 +32,7 @@ log = logging.getLogger("catalog_vision")
 
 
 def library() -> dict:
-    import faiss
+    faiss = ann.faiss_module()
 
     return {"name": "faiss-cpu", "version": faiss.__version__}
 
