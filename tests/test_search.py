@@ -24,6 +24,7 @@ from catalog_vision.sink import commit_batch
 from conftest import BAD_INPUTS, BUCKET, REPO, make_cfg, write_hostile_manifest
 
 K = 10
+SLOW = pytest.mark.slow  # the tests below the unit tests share a module fixture of two real backfills
 # The README's exact query: one row per image (the latest run's), error rows out, cosine similarity.
 EXACT_SQL = """
 WITH rows AS (
@@ -49,6 +50,42 @@ def assert_same_topk(got: list[dict], want: list[tuple], tol: float = 2e-3) -> N
     cut = want[-1][3]
     sure = {w[0] for w in want if w[3] > cut + tol}
     assert sure <= {r["image_id"] for r in got}
+
+
+def unit_vectors(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_ann_index_with_every_cell_probed_equals_numpy_and_filters_exactly():
+    from catalog_vision.search import ann
+
+    x, q = unit_vectors(3000, 32), unit_vectors(20, 32, seed=1)
+    index = ann.build(x, ann.IndexParams(nlist=16, train_per_list=32))
+    want = np.argsort(-(q @ x.T), axis=1, kind="stable")[:, :K]
+    scores, ids = ann.search(index, q, K, nprobe=16)
+    assert (ids == want).mean() > 0.99  # float16 codes: a near-tie may swap
+    np.testing.assert_allclose(scores, np.take_along_axis(q @ x.T, want, axis=1), atol=2e-3)
+    # A filter: through the cells (a large allowed set) and exactly (a small one), both = numpy on the subset.
+    allowed = np.flatnonzero(np.arange(len(x)) % 3 == 0)
+    sub = np.argsort(-(q @ x[allowed].T), axis=1, kind="stable")[:, :K]
+    for exact_below in (0, len(allowed)):
+        _, got = ann.search(index, q, K, nprobe=16, allowed=allowed, exact_below=exact_below)
+        assert set(got.ravel()) <= set(allowed) and (got == allowed[sub]).mean() > 0.99
+    # Fewer allowed rows than k: the rest are -1.
+    _, got = ann.search(index, q[:1], K, nprobe=16, allowed=allowed[:3], exact_below=10)
+    assert sorted(got[0][:3]) == sorted(allowed[:3]) and list(got[0][3:]) == [-1] * (K - 3)
+
+
+def test_ann_settings_are_checked_and_cells_scale_with_rows():
+    from catalog_vision.search import ann
+
+    p = ann.IndexParams()
+    assert (p.cells(100), p.cells(19_999), p.cells(100_000), p.cells(1_000_000)) == (1, 1, 1024, 4096)
+    for bad, words in [({"encoding": "PQ8"}, "index.encoding='PQ8'"), ({"nprobe": 0}, "index.nprobe=0"), ({"nlist": -2}, "index.nlist=-2")]:
+        with pytest.raises(ValueError, match=words):
+            ann.IndexParams.from_config(bad)
+    assert ann.IndexParams.from_config({"nlist": "auto"}).nlist is None
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +116,7 @@ def good_rows(table: str) -> pa.Table:
     return duckdb.connect().sql(sql).to_arrow_table()
 
 
+@SLOW
 def test_index_answers_equal_exact_duckdb_search(searched):
     index, table = searched["index"], searched["table"]
     ids = good_rows(table).column("image_id").to_pylist()
@@ -91,6 +129,7 @@ def test_index_answers_equal_exact_duckdb_search(searched):
     assert all(by_id[r["image_id"]]["uri"] == r["uri"] and by_id[r["image_id"]]["label"] == r["label"] for r in got)
 
 
+@SLOW
 def test_index_with_cells_probing_every_cell_is_exact_and_with_fewer_cells_recall_stays_high(searched, tmp_path):
     cfg = {**searched["cfg"], "index": {**searched["cfg"]["index"], "root": str(tmp_path), "nlist": 8, "nprobe": 8, "train_per_list": 16}}
     m = build_index(cfg)
@@ -107,6 +146,7 @@ def test_index_with_cells_probing_every_cell_is_exact_and_with_fewer_cells_recal
     assert hits / (K * len(ids)) >= 0.6
 
 
+@SLOW
 def test_own_image_comes_first_with_score_one(searched):
     index = searched["index"]
     ids = good_rows(searched["table"]).column("image_id").to_pylist()
@@ -120,6 +160,7 @@ def test_own_image_comes_first_with_score_one(searched):
     assert [r["image_id"] for r in rest] == [r["image_id"] for r in got if r["query"] in ids[:5] and r["rank"] in (2, 3)]
 
 
+@SLOW
 def test_label_filter_returns_only_that_label_and_the_exact_answer(searched):
     index, table = searched["index"], searched["table"]
     rows = good_rows(table).to_pylist()
@@ -132,6 +173,7 @@ def test_label_filter_returns_only_that_label_and_the_exact_answer(searched):
         index.similar_to([other], 5, label="No such label")
 
 
+@SLOW
 def test_new_image_file_query_equals_the_query_by_its_backfill_embedding(searched, tmp_path):
     index, table = searched["index"], searched["table"]
     row = good_rows(table).to_pylist()[7]
@@ -146,6 +188,7 @@ def test_new_image_file_query_equals_the_query_by_its_backfill_embedding(searche
     assert json.loads((tmp_path / "out.json").read_text()) == by_file
 
 
+@SLOW
 def test_error_rows_are_not_indexed_and_unknown_ids_get_a_clear_error(searched):
     index = searched["index"]
     b = searched["builds"][1]["build"]
@@ -157,6 +200,7 @@ def test_error_rows_are_not_indexed_and_unknown_ids_get_a_clear_error(searched):
             index.similar_to([bad], 3)
 
 
+@SLOW
 def test_incremental_build_reads_only_the_new_files(searched, tmp_path):
     (_, run_b), (built_a, built_b) = searched["runs"], searched["builds"]
     assert built_a["build"]["mode"] == "full" and built_a["rows"] == 100
@@ -181,6 +225,7 @@ def test_incremental_build_reads_only_the_new_files(searched, tmp_path):
     assert sorted((r["query"], r["score"], r["image_id"]) for r in grown) == sorted((r["query"], r["score"], r["image_id"]) for r in rebuilt)
 
 
+@SLOW
 def test_a_later_runs_row_replaces_the_indexed_one(searched, tmp_path):
     """A served row (``serve-<run id>``) for an image already indexed: the index answers with it."""
     import shutil
@@ -205,6 +250,7 @@ def test_a_later_runs_row_replaces_the_indexed_one(searched, tmp_path):
     assert_same_topk(got, exact(str(table), b, 3))
 
 
+@SLOW
 def test_index_on_the_s3_endpoint(searched, s3_endpoint):
     """The table copied to the S3 endpoint; the index built from it and stored there; read back."""
     storage = {"endpoint_url": s3_endpoint}
@@ -223,6 +269,7 @@ def test_index_on_the_s3_endpoint(searched, s3_endpoint):
     assert sorted(tuple(r.values()) for r in on_s3) == sorted(tuple(r.values()) for r in local)
 
 
+@SLOW
 def test_similar_job_from_the_command_line(searched, tmp_path):
     cfg = searched["cfg"]
     ids = good_rows(searched["table"]).column("image_id").to_pylist()[:2]
@@ -240,6 +287,7 @@ def test_similar_job_from_the_command_line(searched, tmp_path):
     assert bad.returncode == 2 and "image_id 'bad-text' is not in the index" in said and "Traceback" not in said
 
 
+@SLOW
 def test_serve_answers_get_similar_from_the_same_index(searched):
     """The Serve app over the indexed checkpoint answers ``GET /similar`` over real HTTP as the index does."""
     import requests

@@ -84,7 +84,7 @@ def build(table: str, out: str, params: ann.IndexParams, storage: Mapping[str, A
     if reason is None:
         new_files = [f for f in files if f not in prev["files"]]
         if not new_files:
-            return _unchanged(prev, out, storage)
+            return _unchanged(prev, out, storage, params)
         result = _incremental(prev, out, new_files, storage, params, max_growth, max_superseded)
         if isinstance(result, str):
             reason = result
@@ -158,8 +158,10 @@ def _row_table(rows: pa.Table, first_id: int) -> pa.Table:
     })
 
 
-def _unchanged(prev: dict, out: str, storage) -> dict:
-    manifest = {**prev, "build": {**prev["build"], "mode": "unchanged", "reason": "no new files in the table since the last build"}}
+def _unchanged(prev: dict, out: str, storage, params: ann.IndexParams) -> dict:
+    """Nothing to add; the search settings (nprobe, exact_filter_below) are the config's now."""
+    manifest = {**prev, "build": {**prev["build"], "mode": "unchanged", "reason": "no new files in the table since the last build"},
+                "params": {**prev["params"], "nprobe": params.nprobe, "exact_filter_below": params.exact_filter_below}}
     st.write_json(st.join(out, MANIFEST), manifest, storage)
     return manifest
 

@@ -112,6 +112,7 @@ def similar(cfg: Mapping[str, Any], index: SimilarityIndex | None = None) -> pa.
     k = int(s.get("k") or 10)
     if index is None:
         index = SimilarityIndex.load(index_folder(cfg), cfg["storage"])
+        index.nprobe = int(cfg["index"].get("nprobe") or index.nprobe)  # a search setting: the config's, not the build's
     ann.set_threads(cfg["index"].get("threads"))
     parts = []
     if ids:
