@@ -57,9 +57,15 @@ def read_rows(files: list[str], storage: Mapping[str, Any] | None = None) -> tup
     ok = pc.and_(pc.is_null(table.column("error")), pc.is_valid(table.column("embedding")))
     skipped = table.num_rows - pc.sum(ok.cast(pa.int64())).as_py()
     table = table.filter(ok)
-    files_col = pc.cast(table.column("path"), pa.string()).to_pylist()
-    table = table.drop_columns(["path", "error"]).append_column("file", pa.array([uri_of.get(p, p) for p in files_col], pa.string()))
-    return table, int(skipped)
+    files = map_values(table.column("path"), lambda p: uri_of.get(p, p))
+    return table.drop_columns(["path", "error"]).append_column("file", files), int(skipped)
+
+
+def map_values(column, fn) -> pa.Array:
+    """``fn`` applied to each distinct string of ``column`` (a handful of files or runs, a million rows)."""
+    enc = pc.cast(column, pa.string()).combine_chunks().dictionary_encode()
+    values = pa.array([fn(v) for v in enc.dictionary.to_pylist()], pa.string())
+    return pa.DictionaryArray.from_arrays(enc.indices, values).cast(pa.string())
 
 
 def _normalise(batch: pa.Table) -> pa.Table:
@@ -85,7 +91,7 @@ def latest_per_image(rows: pa.Table) -> tuple[pa.Table, int]:
     ``(rows, rows dropped)``."""
     if rows.num_rows == 0:
         return rows, 0
-    order = pa.array([run_order(r) for r in rows.column("run_id").to_pylist()], pa.string())
+    order = map_values(rows.column("run_id"), run_order)
     keyed = rows.append_column("_order", order).append_column("_pos", pa.array(np.arange(rows.num_rows)))
     idx = pc.sort_indices(keyed, sort_keys=[("image_id", "ascending"), ("_order", "descending"), ("file", "descending")])
     ids = keyed.column("image_id").take(idx).to_numpy(zero_copy_only=False)
