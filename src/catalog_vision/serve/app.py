@@ -73,6 +73,26 @@ def fail_if_all_failed(results: list) -> None:
         raise ApiError(status_of(first), prefix + error_string(first))
 
 
+def load_similar_index(folder: str | None, storage, model_id: str, threads: int | None):
+    """The replica's similarity index for ``GET /similar``: ``None`` when off or not built yet."""
+    if not folder:
+        return None
+    from ..search import SimilarityIndex
+    from ..search.ann import set_threads
+    from ..search.store import read_manifest
+
+    manifest = read_manifest(folder, storage)
+    if manifest is None:
+        log.warning("no similarity index at %s (build it with python jobs/index.py): GET /similar answers 404", folder)
+        return None
+    if manifest["model_id"] != model_id:
+        raise ValueError(f"serve.similar_index={folder!r} indexes {manifest['model_id']}, this service serves {model_id}")
+    set_threads(threads or 1)
+    index = SimilarityIndex.load(folder, storage)
+    log.info("GET /similar: %d images of %s from %s", index.size, manifest["catalog_id"], folder)
+    return index
+
+
 @serve.deployment(name="ImageClassifier")
 @serve.ingress(api)
 class ImageClassifier:
@@ -109,6 +129,8 @@ class ImageClassifier:
             from .table import PredictionsWriter
 
             self.writer = PredictionsWriter(self.predictor, t["root"], t["catalog_id"], cfg.get("storage"), t["flush_rows"], t["flush_seconds"])
+        self.similar_index = load_similar_index(s.get("similar_index"), cfg.get("storage"), self.model_id, s.get("threads_per_replica"))
+        self.max_similar_k = int(s.get("max_similar_k") or 100)
         self.batches = 0
         self.batched_images = 0
         self.largest_batch = 0
@@ -229,6 +251,24 @@ class ImageClassifier:
         if with_embedding:
             out["embedding"] = emb.tolist()
         return out
+
+    @api.get("/similar")
+    async def similar(self, image_id: str, k: int = 10, label: Optional[str] = None, exclude_self: bool = False) -> dict:
+        """Top-``k`` images similar to an indexed image, from the model's similarity index."""
+        from ..search import UnknownImage
+
+        if self.similar_index is None:
+            raise ApiError(404, f"no similarity index for {self.model_id} is loaded: build one with python jobs/index.py and redeploy (serve.similar_index)")
+        if not 1 <= k <= self.max_similar_k:
+            raise ApiError(422, f"k={k}; must be from 1 to {self.max_similar_k}")
+        try:
+            table = await asyncio.to_thread(self.similar_index.similar_to, [image_id], k, label, exclude_self)
+        except UnknownImage as e:
+            raise ApiError(404, str(e)) from None
+        except ValueError as e:
+            raise ApiError(422, str(e)) from None
+        results = table.drop_columns(["query"]).to_pylist()
+        return {"model_id": self.model_id, "image_id": image_id, "k": k, "label": label, "results": results}
 
     @api.post("/flush")
     async def flush(self) -> dict:

@@ -36,7 +36,26 @@ def app_config(args: Mapping[str, Any]) -> dict:
         # The model's table for this catalog (<predictions>/<model_id>/<catalog_id>/), the one its backfills skip from.
         catalog = t.get("catalog_id") or catalog_id(args.get("data") or {})
         s["predictions"] = {**t, "root": st.absolute(str(t["root"])), "catalog_id": catalog}
+    s["similar_index"] = similar_index(args, s.get("similar_index"), p["checkpoint"])
     return {"predictor": p, "serve": s, "storage": dict(args.get("storage") or {})}
+
+
+def similar_index(args: Mapping[str, Any], setting: Any, checkpoint: str) -> str | None:
+    """The index folder ``GET /similar`` answers from (``serve.similar_index``), or ``None``."""
+    from .. import storage as st
+
+    if not setting:
+        return None
+    if setting != "auto":
+        return st.absolute(str(setting))
+    if not all(args.get(k) for k in ("index", "data")):
+        return None  # a Serve config file without the index and data sections: /similar is off
+    from .. import checkpoint as ckpt
+    from ..search.store import index_dir
+    from ..tables import catalog_id
+
+    model_id = ckpt.model_id_of(ckpt.read_meta(checkpoint, args.get("storage")))
+    return index_dir(args["index"]["root"], model_id, args["index"].get("catalog_id") or catalog_id(args["data"]))
 
 
 def build_app(args: Mapping[str, Any]):
