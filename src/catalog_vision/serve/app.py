@@ -212,7 +212,9 @@ class ImageClassifier:
         results = await self.predict_images([(str(i), b) for i, b in enumerate(images)], ids)
         fail_if_all_failed(results)
         resp = protocol.infer_response(self.name, self.model_id, req.get("id"), results, outputs, self.classes, self.predictor.embedding_dim)
-        wanted = {o for o, _, b in outputs if b} | ({"error"} if params.get("binary_data_output") is True else set())
+        wanted = {o for o, _, b in outputs if b}
+        if "error" not in {o for o, _, _ in outputs} and (wanted or params.get("binary_data_output") is True):
+            wanted.add("error")  # the error output added for a failed image goes the way the others go
         encoded = binary.encode_response(resp, wanted)
         if encoded is None:
             return resp
