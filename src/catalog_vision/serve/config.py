@@ -81,6 +81,8 @@ def deployment_options(s: Mapping[str, Any]) -> dict:
         "backpressure_config": {"status_code": int(s.get("overload_status", 503)), "retry_after_s": float(s.get("retry_after_s", 1))},
         "ray_actor_options": {"num_cpus": float(s["num_cpus"]), "num_gpus": float(s.get("num_gpus") or 0)},
     }
+    if s.get("access_log") is False:
+        opts["logging_config"] = {"enable_access_log": False}
     for key in ROLLOUT_KEYS:
         if s.get(key) is not None:
             opts[key] = s[key]
