@@ -63,7 +63,7 @@ def serve_deploy(config: dict, folder: Path, name: str) -> str:
     cluster; returns the CLI's output."""
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    out = subprocess.run([SERVE_CLI, "deploy", str(path), "-a", dashboard_url()], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([SERVE_CLI, "deploy", str(path), "-a", dashboard_url()], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout + out.stderr
 

@@ -72,6 +72,7 @@ def test_health_readiness_and_metadata(client, expected):
     assert client.is_server_live() and client.is_server_ready()
     assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, expected["model_id"])
     assert not client.is_model_ready("resnet50")
+    assert set(client.get_server_metadata()["extensions"]) >= {"classification", "binary_tensor_data"}
     meta = client.get_model_metadata(MODEL)
     assert meta["name"] == MODEL and meta["versions"] == [expected["model_id"]]
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]

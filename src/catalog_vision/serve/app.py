@@ -169,7 +169,7 @@ class ImageClassifier:
 
     @api.get("/v2")
     async def server_metadata(self) -> dict:
-        return {"name": protocol.RUNTIME, "version": __version__, "extensions": ["classification"]}
+        return {"name": protocol.RUNTIME, "version": __version__, "extensions": ["classification", "binary_tensor_data"]}
 
     @api.get("/v2/models/{name}")
     @api.get("/v2/models/{name}/versions/{version}")
