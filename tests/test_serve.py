@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import struct
 import time
 import zlib
@@ -148,6 +149,16 @@ def multipart(*parts: tuple[str, str | None, bytes, str | None], boundary: str =
     return out + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
+def binary_header(size: int) -> bytes:
+    return json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": size}}]}).encode()
+
+
+def binary_body(head: bytes, tail: bytes, header_length: int | None = None) -> dict:
+    """Request kwargs for a body in the binary tensor data extension: JSON, then raw tensor bytes."""
+    length = len(head) if header_length is None else header_length
+    return {"data": head + tail, "headers": {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(length)}}
+
+
 def good_png() -> bytes:
     return encode_png((np.random.default_rng(1).random((28, 28)) * 255).astype(np.uint8))
 
@@ -258,14 +269,11 @@ def _bad_cases():
             422,
             "applies to output 'probabilities'",
         ),
-        (
-            "infer-binary-data",
-            "post",
-            infer,
-            {"json": infer_body(png, outputs=[{"name": "label", "parameters": {"binary_data": True}}])},
-            400,
-            "binary tensor data extension",
-        ),
+        # The binary tensor data extension (what tritonclient sends): a body that does not add up is a 400.
+        ("infer-binary-header-past-body", "post", infer, binary_body(b'{"inputs": []}', b"", header_length=999), 400, "must fit in the body"),
+        ("infer-binary-size-mismatch", "post", infer, binary_body(binary_header(10), struct.pack("<I", 0)), 400, "declares binary_data_size=10"),
+        ("infer-binary-element-overrun", "post", infer, binary_body(binary_header(8), struct.pack("<I", 100) + b"\x89PNG"), 400, "declares 100 bytes"),
+        ("infer-binary-without-size", "post", infer, binary_body(json.dumps(infer_body(png)).encode(), b"tail"), 400, "declares no parameters.binary_data_size"),
         ("infer-text-plain", "post", infer, raw(b"{}", "text/plain"), 415, "application/json"),
         ("infer-unknown-model", "post", "/v2/models/resnet/infer", {"json": infer_body(png)}, 404, "unknown model 'resnet'"),
         ("metadata-unknown-model", "get", "/v2/models/resnet", {}, 404, "unknown model 'resnet'"),

@@ -16,13 +16,14 @@ from typing import Any, Mapping, Optional
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
 from ..images import ImageError, NotAnImage, Preprocessing, decode, error_string
-from . import protocol
+from . import binary, protocol
+from .admission import Admission
 from .inputs import ApiError, check_image_ids, classify_images, parse_json, read_body, status_of
 
 log = logging.getLogger("catalog_vision")
@@ -36,7 +37,7 @@ api = FastAPI(title="catalog-vision", version=__version__, docs_url=None, redoc_
 
 @api.exception_handler(ApiError)
 async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -131,6 +132,7 @@ class ImageClassifier:
             self.writer = PredictionsWriter(self.predictor, t["root"], t["catalog_id"], cfg.get("storage"), t["flush_rows"], t["flush_seconds"])
         self.similar_index = load_similar_index(s.get("similar_index"), cfg.get("storage"), self.model_id, s.get("threads_per_replica"))
         self.max_similar_k = int(s.get("max_similar_k") or 100)
+        self.admission = Admission(s.get("admission_limit"), s.get("overload_status", 503), s.get("retry_after_s", 1))
         self.batches = 0
         self.batched_images = 0
         self.largest_batch = 0
@@ -163,6 +165,12 @@ class ImageClassifier:
         if getattr(self, "writer", None) is not None:
             await self.writer.flush()
 
+    def check_health(self) -> None:
+        """Serve's replica health check (every health_check_period_s): a replica counts as started,
+        and gets traffic, only after __init__ loaded the model and this passed."""
+        if getattr(self, "predictor", None) is None:
+            raise RuntimeError("the model is not loaded")
+
     async def body(self, request: Request) -> bytes:
         return await read_body(request.stream(), request.headers.get("content-length"), self.max_body)
 
@@ -183,7 +191,7 @@ class ImageClassifier:
 
     @api.get("/v2")
     async def server_metadata(self) -> dict:
-        return {"name": protocol.RUNTIME, "version": __version__, "extensions": ["classification"]}
+        return {"name": protocol.RUNTIME, "version": __version__, "extensions": ["classification", "binary_tensor_data"]}
 
     @api.get("/v2/models/{name}")
     @api.get("/v2/models/{name}/versions/{version}")
@@ -207,18 +215,33 @@ class ImageClassifier:
 
     @api.post("/v2/models/{name}/infer")
     @api.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(self, name: str, request: Request, version: str | None = None) -> dict:
+    async def infer(self, name: str, request: Request, version: str | None = None):
         self.check_model(name, version)
+        with self.admission.admit():
+            return await self._infer(request)
+
+    async def _infer(self, request: Request):
+        header_length = request.headers.get(binary.HEADER)
         mtype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if mtype not in ("", "application/json"):
-            raise ApiError(415, f"unsupported Content-Type {mtype!r}; an inference request is application/json")
-        req = parse_json(await self.body(request))
-        images, outputs = protocol.parse_infer(req, self.max_images, self.max_topk, len(self.classes))
+        allowed = ("", "application/json") if header_length is None else ("", "application/octet-stream", "application/json")
+        if mtype not in allowed:
+            raise ApiError(415, f"unsupported Content-Type {mtype!r}; an inference request is application/json (application/octet-stream with {binary.HEADER})")
+        head, tail = binary.split_body(await self.body(request), header_length)
+        req = parse_json(head)
+        images, outputs = protocol.parse_infer(req, self.max_images, self.max_topk, len(self.classes), tail)
         params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
         ids = check_image_ids(params.get("image_id"), len(images))
         results = await self.predict_images([(str(i), b) for i, b in enumerate(images)], ids)
         fail_if_all_failed(results)
-        return protocol.infer_response(self.name, self.model_id, req.get("id"), results, outputs, self.classes, self.predictor.embedding_dim)
+        resp = protocol.infer_response(self.name, self.model_id, req.get("id"), results, outputs, self.classes, self.predictor.embedding_dim)
+        wanted = {o for o, _, b in outputs if b}
+        if "error" not in {o for o, _, _ in outputs} and (wanted or params.get("binary_data_output") is True):
+            wanted.add("error")  # the error output added for a failed image goes the way the others go
+        encoded = binary.encode_response(resp, wanted)
+        if encoded is None:
+            return resp
+        body, headers = encoded
+        return Response(body, media_type="application/octet-stream", headers=headers)
 
     # [4] Plain JSON.
     @api.post("/classify")
@@ -227,8 +250,9 @@ class ImageClassifier:
         limit = min(self.max_topk, len(self.classes))
         if not 1 <= k <= limit:
             raise ApiError(422, f"topk={k}; must be from 1 to {limit}")
-        images, ids = classify_images(await self.body(request), request.headers.get("content-type"), self.max_images, image_id)
-        results = await self.predict_images(images, ids)
+        with self.admission.admit():
+            images, ids = classify_images(await self.body(request), request.headers.get("content-type"), self.max_images, image_id)
+            results = await self.predict_images(images, ids)
         fail_if_all_failed(results)
         preds = [self.prediction(name, r, k, embedding) for (name, _), r in zip(images, results)]
         return {"model_id": self.model_id, "predictions": preds}
@@ -281,4 +305,11 @@ class ImageClassifier:
     async def stats(self) -> dict:
         """Batches formed on this replica so far (the benchmark's mean batch size)."""
         mean = self.batched_images / self.batches if self.batches else 0.0
-        return {"batches": self.batches, "images": self.batched_images, "mean_batch_size": mean, "max_batch_size": self.largest_batch}
+        return {
+            "batches": self.batches,
+            "images": self.batched_images,
+            "mean_batch_size": mean,
+            "max_batch_size": self.largest_batch,
+            "in_flight": self.admission.active,
+            "rejected_overload": self.admission.rejected,
+        }

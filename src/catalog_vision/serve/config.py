@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 POSITIVE_INTS = ("max_batch_size", "max_ongoing_requests", "max_images_per_request", "max_topk", "num_cpus")
+# Deployment options passed through as they are: how a roll-out replaces replicas and health-checks them.
+ROLLOUT_KEYS = ("max_surge_percent", "graceful_shutdown_wait_loop_s", "graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s")
 AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests", "initial_replicas", "upscale_delay_s", "downscale_delay_s")
 
 
@@ -27,8 +29,25 @@ def check_serve(s: Mapping[str, Any]) -> None:
             f"serve.max_ongoing_requests={s['max_ongoing_requests']} < serve.max_batch_size={s['max_batch_size']}: "
             "a replica would never hold enough requests to fill a batch; raise max_ongoing_requests or lower max_batch_size"
         )
+    _check_overload(s)
     _check_predictions(s.get("predictions") or {})
     _check_replicas(s.get("autoscaling"), s.get("num_replicas"))
+
+
+def _check_overload(s: Mapping[str, Any]) -> None:
+    if s.get("overload_status", 503) not in (503, 429):
+        raise ValueError(f"serve.overload_status={s['overload_status']!r}; choose 503 or 429")
+    r = s.get("retry_after_s", 1)
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or r < 0:
+        raise ValueError(f"serve.retry_after_s={r!r}; must be a number >= 0")
+    limit = s.get("admission_limit")
+    if limit is None:
+        return
+    if not isinstance(limit, int) or isinstance(limit, bool) or not int(s["max_batch_size"]) <= limit < int(s["max_ongoing_requests"]):
+        raise ValueError(
+            f"serve.admission_limit={limit!r}; must be an integer from serve.max_batch_size={s['max_batch_size']} "
+            f"to serve.max_ongoing_requests-1={int(s['max_ongoing_requests']) - 1} (or null: Serve's max_queued_requests only)"
+        )
 
 
 def _check_predictions(t: Mapping[str, Any]) -> None:
@@ -59,8 +78,14 @@ def deployment_options(s: Mapping[str, Any]) -> dict:
     opts: dict[str, Any] = {
         "max_ongoing_requests": int(s["max_ongoing_requests"]),
         "max_queued_requests": int(s.get("max_queued_requests") or -1),
+        "backpressure_config": {"status_code": int(s.get("overload_status", 503)), "retry_after_s": float(s.get("retry_after_s", 1))},
         "ray_actor_options": {"num_cpus": float(s["num_cpus"]), "num_gpus": float(s.get("num_gpus") or 0)},
     }
+    if s.get("access_log") is False:
+        opts["logging_config"] = {"enable_access_log": False}
+    for key in ROLLOUT_KEYS:
+        if s.get(key) is not None:
+            opts[key] = s[key]
     if s.get("autoscaling"):
         opts["num_replicas"] = "auto"
         opts["autoscaling_config"] = dict(s["autoscaling"])

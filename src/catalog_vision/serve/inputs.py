@@ -23,10 +23,11 @@ VECTOR_TYPES = ("image/svg+xml", "application/pdf", "application/postscript")
 class ApiError(Exception):
     """A request the service refuses: HTTP ``status`` with a JSON body ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers
 
 
 class UnsupportedImageType(ImageError):

@@ -14,6 +14,10 @@ The model takes one input, ``image``: ``BYTES [N]``, each element an encoded ima
 * ``embedding`` ``FP32 [N, D]``: the L2-normalised features (only when requested);
 * ``error`` ``BYTES [N]``: ``""`` or ``"ErrorClass: message"`` per image; present when an image of a
   multi-image request failed while others were answered (their other outputs are zeros / ``""``).
+
+The binary tensor data extension (:mod:`.binary`) carries the images as raw bytes instead of base64
+(an input with ``binary_data_size``) and returns outputs as raw bytes (an output's ``binary_data``
+parameter, or the request's ``binary_data_output``): what ``tritonclient.http`` does by default.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..images import ImageError, error_string
+from .binary import unpack_bytes
 from .inputs import ApiError, b64decode, check_count
 
 INPUT = "image"
@@ -50,8 +55,9 @@ def model_metadata(name: str, model_id: str, classes: Sequence[str], embedding_d
     }
 
 
-def parse_infer(req: Any, max_images: int, max_topk: int, num_classes: int) -> tuple[list[bytes], list[tuple[str, int | None]]]:
-    """An inference request object → (image bytes, requested outputs as ``(name, classification k or None)``)."""
+def parse_infer(req: Any, max_images: int, max_topk: int, num_classes: int, binary: bytes = b"") -> tuple[list[bytes], list[tuple[str, int | None, bool]]]:
+    """An inference request object (and the binary part of its body) → (image bytes, requested
+    outputs as ``(name, classification k or None, binary)``)."""
     if not isinstance(req, dict):
         raise ApiError(422, f"the inference request must be a JSON object, got {type(req).__name__}")
     inputs = req.get("inputs")
@@ -62,27 +68,44 @@ def parse_infer(req: Any, max_images: int, max_topk: int, num_classes: int) -> t
         raise ApiError(422, f"unknown input {inp.get('name')!r}; this model has one input, {INPUT!r} (BYTES [N])")
     if inp.get("datatype") != "BYTES":
         raise ApiError(422, f"input {INPUT!r} has datatype {inp.get('datatype')!r}; expected 'BYTES' (encoded image files, base64)")
-    if (inp.get("parameters") or {}).get("binary_data_size") is not None:
-        raise ApiError(400, "the binary tensor data extension is not supported; send BYTES elements as base64 strings in 'data'")
-    shape, data = inp.get("shape"), inp.get("data")
+    shape = inp.get("shape")
     dims_ok = isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
     if not dims_ok or not 1 <= len(shape) <= 2 or (len(shape) == 2 and shape[1] != 1):
         raise ApiError(422, f"input {INPUT!r} shape {shape!r}; expected [N] (or [N, 1]) for N images")
-    if not isinstance(data, list):
-        raise ApiError(422, f"input {INPUT!r} needs 'data': a list of base64 strings")
-    flat = [x for row in data for x in row] if data and all(isinstance(r, list) for r in data) else data
-    if len(flat) != int(np.prod(shape)):
-        raise ApiError(422, f"input {INPUT!r} shape {shape} holds {int(np.prod(shape))} elements but 'data' has {len(flat)}")
-    if not flat:
+    images = binary_images(inp, binary) if binary or isinstance(inp.get("parameters"), dict) and "binary_data_size" in inp["parameters"] else json_images(inp)
+    if len(images) != int(np.prod(shape)):
+        raise ApiError(422, f"input {INPUT!r} shape {shape} holds {int(np.prod(shape))} elements but the data has {len(images)}")
+    if not images:
         raise ApiError(400, f"input {INPUT!r} holds no images")
-    check_count(len(flat), max_images)
-    images = [b64decode(s, i) for i, s in enumerate(flat)]
-    return images, parse_outputs(req.get("outputs"), max_topk, num_classes)
+    check_count(len(images), max_images)
+    images = [s if isinstance(s, bytes) else b64decode(s, i) for i, s in enumerate(images)]
+    params = req.get("parameters") if isinstance(req.get("parameters"), dict) else {}
+    return images, parse_outputs(req.get("outputs"), max_topk, num_classes, bool(params.get("binary_data_output")))
 
 
-def parse_outputs(outputs: Any, max_topk: int, num_classes: int) -> list[tuple[str, int | None]]:
+def json_images(inp: dict) -> list:
+    """The elements of ``data``: base64 strings (decoded by the caller), flattened from [N] or [N, 1]."""
+    data = inp.get("data")
+    if not isinstance(data, list):
+        raise ApiError(422, f"input {INPUT!r} needs 'data': a list of base64 strings (or binary data, with parameters.binary_data_size)")
+    return [x for row in data for x in row] if data and all(isinstance(r, list) for r in data) else data
+
+
+def binary_images(inp: dict, binary: bytes) -> list[bytes]:
+    """The input's elements from the binary part of the body (the one input takes all of it)."""
+    size = (inp.get("parameters") or {}).get("binary_data_size")
+    if size is None:
+        raise ApiError(400, f"the body has {len(binary)} bytes after the JSON, but input {INPUT!r} declares no parameters.binary_data_size")
+    if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
+        raise ApiError(400, f"input {INPUT!r} declares binary_data_size={size!r}, but the body has {len(binary)} bytes after the JSON")
+    if "data" in inp:
+        raise ApiError(422, f"input {INPUT!r} has both 'data' and binary_data_size; send one")
+    return unpack_bytes(binary, f"input {INPUT!r}")
+
+
+def parse_outputs(outputs: Any, max_topk: int, num_classes: int, binary_default: bool = False) -> list[tuple[str, int | None, bool]]:
     if outputs is None:
-        return [(n, None) for n in DEFAULT_OUTPUTS]
+        return [(n, None, binary_default) for n in DEFAULT_OUTPUTS]
     if not isinstance(outputs, list) or not outputs:
         raise ApiError(422, "'outputs' must be a non-empty list of {\"name\": ...} objects")
     out = []
@@ -93,8 +116,9 @@ def parse_outputs(outputs: Any, max_topk: int, num_classes: int) -> list[tuple[s
         params = o.get("parameters") or {}
         if not isinstance(params, dict):
             raise ApiError(422, f"output {name!r}: 'parameters' must be an object")
-        if params.get("binary_data"):
-            raise ApiError(400, "the binary tensor data extension is not supported; request outputs as JSON (binary_data: false)")
+        binary = params.get("binary_data", binary_default)
+        if not isinstance(binary, bool):
+            raise ApiError(422, f"output {name!r}: binary_data={binary!r}; must be true or false")
         k = params.get("classification")
         if k is not None:
             if name != "probabilities":
@@ -102,7 +126,7 @@ def parse_outputs(outputs: Any, max_topk: int, num_classes: int) -> list[tuple[s
             limit = min(max_topk, num_classes)
             if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= limit:
                 raise ApiError(422, f"classification={k!r}; must be an integer from 1 to {limit}")
-        out.append((name, k))
+        out.append((name, k, binary))
     return out
 
 
@@ -117,7 +141,7 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def infer_response(
     name: str, model_id: str, request_id: Any, results: Sequence[tuple[np.ndarray, np.ndarray] | ImageError],
-    outputs: list[tuple[str, int | None]], classes: Sequence[str], embedding_dim: int,
+    outputs: list[tuple[str, int | None, bool]], classes: Sequence[str], embedding_dim: int,
 ) -> dict:
     """Per-image results (``(probabilities, embedding)`` or an error) → the protocol's response object."""
     n, kc = len(results), len(classes)
@@ -132,7 +156,7 @@ def infer_response(
     ok = np.array([not e for e in errors])
     scores, idx = top_k(probs, 1)
     tensors = []
-    for out_name, k in outputs:
+    for out_name, k, _ in outputs:
         if out_name == "probabilities" and k:
             s, ix = top_k(probs, k)
             data = [f"{float(s[r, j]):.9g}:{int(ix[r, j])}:{classes[ix[r, j]]}" if ok[r] else "" for r in range(n) for j in range(k)]
@@ -145,7 +169,7 @@ def infer_response(
             tensors.append({"name": out_name, "datatype": "FP32", "shape": [n], "data": np.where(ok, scores[:, 0], 0).astype(np.float32).tolist()})
         elif out_name == "embedding":
             tensors.append({"name": out_name, "datatype": "FP32", "shape": [n, embedding_dim], "data": emb.reshape(-1).tolist()})
-    if not ok.all() or any(o == "error" for o, _ in outputs):
+    if not ok.all() or any(o[0] == "error" for o in outputs):
         tensors.append({"name": "error", "datatype": "BYTES", "shape": [n], "data": errors})
     resp = {"model_name": name, "model_version": model_id, "outputs": tensors}
     if request_id is not None:
