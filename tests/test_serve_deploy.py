@@ -53,9 +53,12 @@ def test_deploy_config_is_valid_for_serve_and_names_the_package_builder(clean_en
     cfg = make_cfg(*overrides)
     # The args are the project config's sections, as build_app checks them...
     assert app.args["predictor"]["checkpoint"] == cfg["predictor"]["checkpoint"] == "s3://my-bucket/cv/output/model"
-    assert {k: v for k, v in app.args["serve"].items() if k != "predictions"} == {k: v for k, v in cfg["serve"].items() if k != "predictions"}
+    resolved = ("predictions", "similar_index")  # made absolute, with the catalog id
+    assert {k: v for k, v in app.args["serve"].items() if k not in resolved} == {k: v for k, v in cfg["serve"].items() if k not in resolved}
+    assert cfg["serve"]["similar_index"] == "auto" and app.args["serve"]["similar_index"]["root"] == "s3://my-bucket/cv/output/index"
     # ...and the builder accepts them as a cluster would pass them (no I/O: nothing loads until a replica starts).
     bound = build_app(app.args)
+    assert bound._bound_deployment.init_args[0]["serve"]["similar_index"] == app.args["serve"]["similar_index"]
     deployment = bound._bound_deployment
     (d,) = app.deployments
     assert d.name == deployment.name == "ImageClassifier"

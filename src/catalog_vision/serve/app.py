@@ -74,13 +74,16 @@ def fail_if_all_failed(results: list) -> None:
         raise ApiError(status_of(first), prefix + error_string(first))
 
 
-def load_similar_index(folder: str | None, storage, model_id: str, threads: int | None):
+def load_similar_index(folder: str | dict | None, storage, model_id: str, threads: int | None):
     """The replica's similarity index for ``GET /similar``: ``None`` when off or not built yet."""
     if not folder:
         return None
     from ..search import SimilarityIndex
     from ..search.ann import set_threads
-    from ..search.store import read_manifest
+    from ..search.store import index_dir, read_manifest
+
+    if isinstance(folder, dict):  # serve.similar_index=auto: this model's index for the catalog
+        folder = index_dir(folder["root"], model_id, folder["catalog_id"])
 
     manifest = read_manifest(folder, storage)
     if manifest is None:

@@ -40,22 +40,21 @@ def app_config(args: Mapping[str, Any]) -> dict:
     return {"predictor": p, "serve": s, "storage": dict(args.get("storage") or {})}
 
 
-def similar_index(args: Mapping[str, Any], setting: Any, checkpoint: str) -> str | None:
-    """The index folder ``GET /similar`` answers from (``serve.similar_index``), or ``None``."""
+def similar_index(args: Mapping[str, Any], setting: Any, checkpoint: str) -> str | dict | None:
+    """Where ``GET /similar`` reads its index (``serve.similar_index``): ``None`` (off), a folder, or
+    for ``auto`` the model's index root and catalog id, resolved in the replica once it has loaded
+    the model and knows its id (building the application does no I/O)."""
     from .. import storage as st
 
-    if not setting:
-        return None
+    if not setting or isinstance(setting, dict):  # off, or resolved already (a generated deploy config's args)
+        return setting or None
     if setting != "auto":
         return st.absolute(str(setting))
     if not all(args.get(k) for k in ("index", "data")):
         return None  # a Serve config file without the index and data sections: /similar is off
-    from .. import checkpoint as ckpt
-    from ..search.store import index_dir
     from ..tables import catalog_id
 
-    model_id = ckpt.model_id_of(ckpt.read_meta(checkpoint, args.get("storage")))
-    return index_dir(args["index"]["root"], model_id, args["index"].get("catalog_id") or catalog_id(args["data"]))
+    return {"root": st.absolute(str(args["index"]["root"])), "catalog_id": args["index"].get("catalog_id") or catalog_id(args["data"])}
 
 
 def build_app(args: Mapping[str, Any]):
