@@ -477,6 +477,20 @@ def test_served_images_land_in_the_predictions_table_and_a_backfill_skips_them(s
     n, distinct = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id) FROM read_parquet('{folder}/*/*.parquet')").fetchone()
     assert n == distinct == len(catalog)
 
+    # Serving images the table already has (labeled by the backfill, or served before) adds no row,
+    # so the table keeps one row per image and the next backfill still succeeds.
+    again = [i for i, _ in catalog[6:9]] + ids[:1]
+    extra = {i: open(u if u.startswith("/") else f"{base}/{u}", "rb").read() for i, u in catalog[6:9]}
+    body = infer_body(*[extra.get(i) or data[i] for i in again], outputs=[{"name": "label"}])
+    body["parameters"] = {"image_id": again}
+    for _ in range(2):  # the same ids twice: in one flush window or two
+        assert requests.post(f"{url}/v2/models/{MODEL}/infer", json=body, timeout=60).status_code == 200
+    assert requests.post(f"{url}/flush", timeout=60).status_code == 200
+    n, distinct = duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id) FROM read_parquet('{folder}/*/*.parquet')").fetchone()
+    assert n == distinct == len(catalog)
+    rerun = backfill(cfg)
+    assert rerun["status"] == "succeeded" and rerun["counts"]["skipped"] == len(catalog) and rerun["counts"]["model_rows"] == len(catalog)
+
 
 @pytest.mark.parametrize(
     "overrides,words",
