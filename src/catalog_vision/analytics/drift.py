@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .. import storage as st
+from ..storage.secrets import redact
 from . import drift_stats as ds
 from .load import Predictions, load_predictions
 
@@ -117,5 +118,6 @@ def run_drift(cfg: Mapping[str, Any]) -> dict:
         report["figures"] = write_figures(out, report, figures, storage)
     report["seconds"] = {"load": round(t_load, 2), "total": round(time.perf_counter() - t0, 2)}
     report["output"] = out
+    report = redact(report)  # URIs with credentials in them (user:password@, presigned queries) are masked
     st.write_json(st.join(out, "drift.json"), report, storage)
     return report

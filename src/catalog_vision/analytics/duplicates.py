@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import storage as st
+from ..storage.secrets import redact
 from .load import load_predictions
 from .pairs import similar_pairs
 
@@ -173,5 +174,6 @@ def run_duplicates(cfg: Mapping[str, Any]) -> dict:
         uris = preds.rows.column("uri").to_numpy(zero_copy_only=False).astype(object)
         summary["contact_sheet"] = contact_sheet(st.join(out, "contact_sheet.png"), ids, uris, group, sizes, split_of, storage, **sheet)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary = redact(summary)  # URIs with credentials in them (user:password@, presigned queries) are masked
     st.write_json(st.join(out, "summary.json"), summary, storage)
     return summary
