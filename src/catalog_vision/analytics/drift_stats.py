@@ -75,8 +75,8 @@ def domain_classifier(xa: np.ndarray, xb: np.ndarray, alpha: float, test_fractio
     That AUC is a Mann-Whitney statistic of one fixed model's scores on rows it never saw, so under
     no shift it is centred on 0.5 with sd ``sqrt((n+m+1) / (12 n m))`` (held-out ``n``, ``m``), and
     the threshold is ``0.5 + z(1-alpha) * sd``. (k-fold cross-validation would use every row, but
-    its folds' AUCs are correlated: their mean's null sd measured 1.4x the formula's, and the
-    false-alarm rate went with it.)"""
+    its folds' AUCs are correlated, so their mean's null spread is wider than the formula's and
+    the false-alarm rate rises with it: README "Drift".)"""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import train_test_split
