@@ -63,7 +63,8 @@ def main() -> None:
         hours = args.images / rate / 3600
         table.append([f"{workload[5:]}-px-wide JPEGs, {size_kib:,.0f} KiB", f"{cpu_rate:,.0f} img/s", f"{T4_RESNET50_FP16:,.0f} img/s",
                       "CPU decode" if cpu_rate < T4_RESNET50_FP16 else "GPU", f"{rate:,.0f}", f"{rate / S3_GETS_PER_PREFIX:.1f}x",
-                      f"{node * size_kib * 1024 * 8 / 1e9:.1f} Gbit/s", f"{hours:,.1f}", f"${hours * args.nodes * G4DN_XLARGE_USD_H:,.0f}", f"{args.images * size_kib * 1024 / 1e12:,.0f} TB"])
+                      f"{node * size_kib * 1024 * 8 / 1e9:.1f} Gbit/s", f"{hours:,.1f}", f"${hours * args.nodes * G4DN_XLARGE_USD_H:,.0f}",
+                      f"{args.images * size_kib * 1024 / 1e12:,.0f} TB"])
     gib = 2**30
     notes = [
         f"Cluster: {args.nodes} x g4dn.xlarge (1 x NVIDIA T4, {G4DN_XLARGE_VCPU} vCPU, ${G4DN_XLARGE_USD_H}/h on-demand), resnet50 at 224x224 in "
