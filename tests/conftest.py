@@ -6,6 +6,7 @@ them, exactly as on a cluster whose nodes carry credentials in their environment
 
 from __future__ import annotations
 
+import subprocess
 import io
 import os
 import socket
@@ -176,3 +177,22 @@ def read_any(uri: str) -> bytes:
     from catalog_vision import storage as st
 
     return st.read_bytes(uri, {"endpoint_url": os.environ.get("AWS_ENDPOINT_URL")})
+
+
+def start_logged(cmd, log, **kw) -> subprocess.Popen:
+    """A child process whose output goes to the file ``log``: a PIPE that nobody reads while the test
+    polls fills up and blocks the child (a hang, not a failure)."""
+    with open(log, "w") as f:  # the child keeps its own descriptor
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, text=True, **kw)
+    proc.log_path = str(log)
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    with open(proc.log_path) as f:
+        return f.read()
+
+
+def finish(proc: subprocess.Popen, timeout: float) -> str:
+    proc.wait(timeout=timeout)
+    return output(proc)

@@ -1,7 +1,6 @@
 """Exactly-once resume: kill the backfill driver mid-run, run again, get one row per image."""
 
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ from catalog_vision.backfill import backfill
 from catalog_vision.checkpoint import load
 from catalog_vision.sink import committed_files
 from catalog_vision.tables import catalog_id
-from conftest import REPO, make_cfg
+from conftest import REPO, finish, make_cfg, output, start_logged
 
 pytestmark = pytest.mark.slow
 
@@ -32,14 +31,14 @@ def test_driver_killed_mid_run_then_rerun_finishes_only_the_remainder(ray_local,
     ]
     killed_dir = tmp_path / "predictions" / model_id / catalog_id(make_cfg(*overrides)["data"]) / "killed"
     # The driver connects to the running local cluster, as a job's driver would.
-    driver = subprocess.Popen(
+    driver = start_logged(
         [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={ray_local.get_runtime_context().gcs_address}", "run_id=killed"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        tmp_path / "killed.log", cwd=REPO,
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and driver.poll() is None and len(committed_files(str(killed_dir))) < 2:
         time.sleep(0.05)
-    assert driver.poll() is None, "the driver finished before it could be killed:\n" + driver.stdout.read()[-3000:]
+    assert driver.poll() is None, "the driver finished before it could be killed:\n" + output(driver)[-3000:]
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=60)
 
@@ -111,9 +110,9 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
     # Batches of 8: a few seconds of actor work, so the kill lands while the actors are busy.
     overrides = [*kill_overrides(local_catalog, random_checkpoint, tmp_path), "predictor.min_actors=2", "predictor.max_actors=2", "predictor.batch_size=8", "data.decode_batch_size=8"]
     run_dir = tmp_path / "predictions" / model_id / catalog_id(make_cfg(*overrides)["data"]) / "actor-killed"
-    driver = subprocess.Popen(
+    driver = start_logged(
         [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={ray_local.get_runtime_context().gcs_address}", "run_id=actor-killed"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        tmp_path / "actor-killed.log", cwd=REPO,
     )
 
     def predictor_pids():
@@ -127,7 +126,7 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
         pids = predictor_pids()
         time.sleep(0.1)
     time.sleep(1.0)  # let them work for a moment
-    assert driver.poll() is None and pids, "the run finished before an actor could be killed:\n" + driver.stdout.read()[-3000:]
+    assert driver.poll() is None and pids, "the run finished before an actor could be killed:\n" + output(driver)[-3000:]
     psutil.Process(pids[0]).kill()  # SIGKILL: no cleanup, like an OOM kill or a lost node
     files_at_kill = len(committed_files(str(run_dir)))
     assert not (run_dir / "_run.json").exists()
@@ -135,7 +134,7 @@ def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalo
     while driver.poll() is None and not replacement:
         replacement = set(predictor_pids()) - set(pids)
         time.sleep(0.2)
-    log = driver.communicate(timeout=600)[0]
+    log = finish(driver, 600)
     print(f"killed predictor pid {pids[0]} with {files_at_kill}/{N_BIG // 32} files committed; replacement actor pids seen: {sorted(replacement)}")
     assert driver.returncode == 0, log[-4000:]
     assert files_at_kill < N_BIG // 32, "the kill landed after the last commit"
@@ -156,16 +155,16 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
     model_dir = tmp_path / "predictions" / model_id / catalog_id(make_cfg(*overrides)["data"])
 
     def run_driver(cluster, run_id):
-        return subprocess.Popen(
+        return start_logged(
             [sys.executable, "jobs/backfill.py", *overrides, "ray=cluster", f"ray.address={cluster.gcs_address}", f"run_id={run_id}"],
-            cwd=REPO, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            tmp_path / f"{run_id}.log", cwd=REPO, env=cluster.env,
         )
 
     first = start_cluster(num_cpus=4)
     try:
         driver = run_driver(first, "cluster-lost")
         assert wait_for(lambda: driver.poll() is not None or len(committed_files(str(model_dir / "cluster-lost"))) >= 2, timeout=300)
-        assert driver.poll() is None, "the run finished before the cluster could be stopped:\n" + driver.stdout.read()[-3000:]
+        assert driver.poll() is None, "the run finished before the cluster could be stopped:\n" + output(driver)[-3000:]
         stop_cluster(first.temp_dir, kill=True)
     finally:
         stop_cluster(first.temp_dir, kill=True)
@@ -180,7 +179,7 @@ def test_whole_cluster_stopped_mid_run_then_rerun_finishes_only_the_remainder(lo
     second = start_cluster(num_cpus=4, env=first.env)
     try:
         driver = run_driver(second, "after-restart")
-        log = driver.communicate(timeout=600)[0]
+        log = finish(driver, 600)
         assert driver.returncode == 0, log[-4000:]
     finally:
         stop_cluster(second.temp_dir)

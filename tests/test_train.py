@@ -1,5 +1,8 @@
 """Ray Train on 2 CPU workers over real Fashion-MNIST images: the whole chain, locally and on S3."""
 
+import hashlib
+from pathlib import Path
+
 import boto3
 import pytest
 
@@ -24,11 +27,30 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
     )
     summary = train(cfg)
     assert summary["train_rows"] == 512 and summary["val_rows"] == 128
-    # Chance is 0.10; three short epochs (the first head-only) on 512 images land well above it.
-    assert summary["val/top1"] > 0.30, summary
+    # It learned: validation loss falls and top-1 climbs from epoch to epoch (chance is 0.10).
+    hist = summary["history"]
+    assert hist[-1]["val/loss"] < hist[0]["val/loss"] and hist[-1]["val/top1"] >= hist[0]["val/top1"] + 0.05, hist
+    # model_id is the hash of the exported weights file.
+    weights = (Path(summary["checkpoint"]) / ckpt.WEIGHTS).read_bytes()
+    assert summary["model_id"] == f"small_cnn-{hashlib.sha256(weights).hexdigest()[:12]}"
     loaded = ckpt.load(summary["checkpoint"])
-    assert loaded.model_id == summary["model_id"]
-    assert loaded.meta["metrics"]["val/top1"] == summary["val/top1"]
+    # The reported val/top1 is the exported model's accuracy on the val split, recomputed here
+    # from the images (decoded by PIL here, not by the training pipeline).
+    import duckdb
+    import numpy as np
+    from PIL import Image
+
+    man = cfg["data"]["manifest"]
+    val = duckdb.connect().execute(f"SELECT uri, label FROM read_parquet('{man}') WHERE split = 'val' ORDER BY image_id").fetchall()
+    base = Path(man).parent
+    x = np.stack([np.asarray(Image.open(u if u.startswith("/") else base / u).convert("L"))[None] for u, _ in val])
+    import torch
+
+    with torch.no_grad():
+        pred = loaded.model.eval()(torch.from_numpy(x)).argmax(1).numpy()
+    top1 = float(np.mean([loaded.classes[i] == lab for i, (_, lab) in zip(pred, val)]))
+    # (training evaluates in the precision it trained in: bf16 may flip a near-tie or two)
+    assert abs(top1 - summary["val/top1"]) <= 3 / len(val), (top1, summary["val/top1"])
     assert loaded.meta["preprocessing"] == cfg["data"]["preprocessing"]
     assert loaded.meta["classes"] == cfg["data"]["classes"]
     # Ray Train persisted per-epoch checkpoints under trainer.storage_path.
@@ -53,7 +75,11 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
     bf = backfill({**cfg, "predictor": {**cfg["predictor"], "checkpoint": summary["checkpoint"]}})
     assert bf["counts"]["inputs"] == bf["counts"]["predicted"] == 128
     s = summarize(bf["output"], cfg["data"]["manifest"], cfg["storage"])
-    assert s["labeled_rows"] == 128 and s["accuracy"] > 0.30
+    # The summary's accuracy is the rows' labels against the manifest's, joined here with DuckDB.
+    expected = duckdb.connect().execute(
+        f"SELECT avg(CAST(p.label = m.label AS DOUBLE)) FROM read_parquet('{bf['output']}/*.parquet') p "
+        f"JOIN read_parquet('{man}') m USING (image_id)").fetchone()[0]
+    assert s["labeled_rows"] == 128 and abs(s["accuracy"] - expected) < 1e-12
     assert sum(s["label_counts"].values()) == 128
 
 

@@ -4,14 +4,13 @@ checkpoint, not start over, and end with one history entry per epoch."""
 
 import json
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from catalog_vision import checkpoint as ckpt
-from conftest import REPO
+from conftest import REPO, finish, output, start_logged
 from raycluster import wait_for
 
 pytestmark = pytest.mark.slow
@@ -31,12 +30,9 @@ def overrides(local_catalog, tmp_path, run_name):
     ]
 
 
-def start_driver(ray_local, args):
+def start_driver(ray_local, args, log):
     # The driver connects to the running local cluster, as a `ray job submit` driver would.
-    return subprocess.Popen(
-        [sys.executable, "jobs/train.py", *args, f"ray.address={ray_local.get_runtime_context().gcs_address}"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    return start_logged([sys.executable, "jobs/train.py", *args, f"ray.address={ray_local.get_runtime_context().gcs_address}"], log, cwd=REPO)
 
 
 def checkpoints(tmp_path, run_name) -> list[str]:
@@ -49,7 +45,7 @@ def registered(tmp_path, run_name) -> list[int]:
     snap = Path(tmp_path) / "train" / run_name / "checkpoint_manager_snapshot.json"
     try:
         return sorted(r["metrics"]["epoch"] for r in json.loads(snap.read_text())["checkpoint_results"])
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    except (FileNotFoundError, json.JSONDecodeError):  # not written yet, or mid-write
         return []
 
 
@@ -61,17 +57,17 @@ def test_worker_killed_mid_run_restores_from_latest_checkpoint(ray_local, local_
     import psutil
     from ray.util.state import list_actors
 
-    driver = start_driver(ray_local, overrides(local_catalog, tmp_path, "worker-kill"))
+    driver = start_driver(ray_local, overrides(local_catalog, tmp_path, "worker-kill"), tmp_path / "worker-kill.log")
 
     def workers():
         return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if "TrainWorker" in (a.class_name or "") and a.pid]
 
     assert wait_for(lambda: driver.poll() is not None or registered(tmp_path, "worker-kill"), timeout=300)
     pids = workers()
-    assert driver.poll() is None and pids, "training ended before a worker could be killed:\n" + driver.stdout.read()[-3000:]
+    assert driver.poll() is None and pids, "training ended before a worker could be killed:\n" + output(driver)[-3000:]
     at_kill = registered(tmp_path, "worker-kill")
     psutil.Process(pids[-1]).kill()  # SIGKILL, like an OOM kill or a preempted node
-    log = driver.communicate(timeout=600)[0]
+    log = finish(driver, 600)
     (tmp_path / "driver.log").write_text(log)
     assert driver.returncode == 0, log[-4000:]
     print(f"killed Train worker pid {pids[-1]} with checkpoints of epochs {at_kill} registered")
@@ -86,17 +82,17 @@ def test_worker_killed_mid_run_restores_from_latest_checkpoint(ray_local, local_
 
 def test_job_killed_and_resubmitted_with_the_same_name_resumes(ray_local, local_catalog, tmp_path):
     args = overrides(local_catalog, tmp_path, "resubmit")
-    first = start_driver(ray_local, args)
+    first = start_driver(ray_local, args, tmp_path / "first.log")
     assert wait_for(lambda: first.poll() is not None or registered(tmp_path, "resubmit"), timeout=300)
-    assert first.poll() is None, "training ended before it could be killed:\n" + first.stdout.read()[-3000:]
+    assert first.poll() is None, "training ended before it could be killed:\n" + output(first)[-3000:]
     first.send_signal(signal.SIGKILL)  # the driver dies: Ray tears down its Train controller and workers
     first.wait(timeout=60)
     at_kill = registered(tmp_path, "resubmit")
     early = json.loads((tmp_path / "train" / "resubmit" / f"epoch_{at_kill[0]:04d}" / ckpt.META).read_text())["metrics"]
     assert max(at_kill) < EPOCHS - 1, at_kill
 
-    second = start_driver(ray_local, args)
-    log = second.communicate(timeout=600)[0]
+    second = start_driver(ray_local, args, tmp_path / "second.log")
+    log = finish(second, 600)
     assert second.returncode == 0, log[-4000:]
     print(f"driver killed with checkpoints of epochs {at_kill} registered; resubmitted run: " + next(line for line in log.splitlines() if "resuming from epoch" in line))
     history = ckpt.read_meta(str(tmp_path / "model"))["history"]
