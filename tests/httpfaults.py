@@ -8,7 +8,9 @@
   ``Retry-After: <retry_after>`` first, then the bytes; ``reset``: a TCP reset first, then the bytes;
 * ``stall``: waits ``stall_s`` before answering (past the client's timeout), every attempt;
 * ``huge``: declares a ``Content-Length`` of 1 TB and streams; ``endless``: a chunked body that never
-  ends (only a client that caps what it reads finishes); ``notimage``: a text body with status 200.
+  ends (only a client that caps what it reads finishes); ``notimage``: a text body with status 200;
+* ``redirect``: 302 to ``/ok/<name>`` on the same server; ``redirect-metadata``: 302 to the cloud's
+  instance-metadata address; ``redirect-file``: 302 to ``file:///etc/passwd``; ``redirect-loop``: 302 to itself.
 
 Every request is recorded (per path: arrival times; in flight now and at most, per server and
 across servers sharing one :class:`Stats`; client ports, i.e. TCP connections).
@@ -24,7 +26,10 @@ import time
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-FAULTS = ("ok", "slow", "missing", "gone", "unauthorized", "forbidden", "error500", "flaky503", "throttle429", "reset", "stall", "huge", "endless", "notimage")
+FAULTS = ("ok", "slow", "missing", "gone", "unauthorized", "forbidden", "error500", "flaky503", "throttle429", "reset", "stall", "huge", "endless", "notimage",
+          "redirect", "redirect-metadata", "redirect-file", "redirect-loop")
+REDIRECTS = {"redirect": "/ok/{name}", "redirect-metadata": "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+             "redirect-file": "file:///etc/passwd", "redirect-loop": "/redirect-loop/{name}"}
 
 
 class Stats:
@@ -127,6 +132,8 @@ class FaultServer:
         if fault in ("missing", "gone", "unauthorized", "forbidden", "error500"):
             status = {"missing": 404, "gone": 410, "unauthorized": 401, "forbidden": 403, "error500": 500}[fault]
             return self.reply(h, status, f"injected {status}\n".encode())
+        if fault in REDIRECTS:
+            return self.reply(h, 302, b"", {"Location": REDIRECTS[fault].format(name=name)})
         if fault == "flaky503" and n == 1:
             return self.reply(h, 503, b"slow down\n")
         if fault == "throttle429" and n == 1:

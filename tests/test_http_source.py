@@ -18,7 +18,7 @@ from PIL import Image
 from catalog_vision.storage.secrets import redact_url
 from catalog_vision.data import _resolve_uri, catalog_table, fetch_and_decode
 from catalog_vision.outcome import BackfillFailed
-from catalog_vision.images import AccessDenied, ImageTooLarge, MissingObject, Preprocessing, ReadError, decode, error_string
+from catalog_vision.images import AccessDenied, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
 from catalog_vision.storage import http
 from conftest import free_port, make_cfg
 from httpfaults import FaultServer, Stats, self_signed, server_ssl_context
@@ -80,6 +80,17 @@ def test_each_fault_gets_its_outcome(server, images):
     # Retry-After: 1 beats the 0.1-0.2 s backoff.
     assert len(attempts["throttle429"]) == 2 and gaps(attempts["throttle429"])[0] >= 0.95
     assert len(attempts["reset"]) >= 2
+
+
+def test_redirects_are_followed_only_where_the_uri_policy_allows(server, images):
+    """A redirect to the same kind of URL is followed; one to the instance-metadata address (SSRF
+    through an allowed host), to a non-http scheme, or in a loop is a RefusedURI row, not a fetch."""
+    kinds = ["redirect", "redirect-metadata", "redirect-file", "redirect-loop"]
+    got = dict(zip(kinds, http.fetch_many([server.url(k, "img00.png") for k in kinds], opts())))
+    assert got["redirect"] == images["img00.png"] and len(server.attempts("ok", "img00.png")) == 1
+    for k, why in {"redirect-metadata": "instance-metadata", "redirect-file": "not an http(s) URL", "redirect-loop": "redirects"}.items():
+        assert type(got[k]) is RefusedURI and why in str(got[k]), (k, got[k])
+        assert len(server.attempts(k, "img00.png")) == (http.MAX_REDIRECTS + 1 if k == "redirect-loop" else 1)  # final: not retried
 
 
 def test_a_stall_times_out_and_is_retried(images):

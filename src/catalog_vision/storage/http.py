@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from ..images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError
+from ..images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError, RefusedURI
 
 # 408 and 429 say "later"; 5xx are the server's or a proxy's trouble. Other 4xx will not change.
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
@@ -261,28 +261,62 @@ def _backoff(attempt: int, opts: HttpOptions) -> float:
     return step / 2 + random.uniform(0, step / 2)
 
 
+MAX_REDIRECTS = 5
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+def redirect_target(url: str, location: str | None, hops: int) -> str:
+    """Where a redirect from ``url`` leads, if the URI policy allows it: a redirect is followed by
+    hand, so an allowed host cannot send the fetch to a link-local or instance-metadata address
+    (SSRF), to another scheme, or around in circles."""
+    from urllib.parse import urljoin
+
+    from .policy import _metadata_host
+
+    where = safe_url(url)
+    if not location:
+        raise ReadError(f"{where}: redirect without a Location header")
+    if hops >= MAX_REDIRECTS:
+        raise RefusedURI(f"{where}: more than {MAX_REDIRECTS} redirects")
+    target = urljoin(url, location)
+    if target.split("://", 1)[0].lower() not in ("http", "https"):
+        raise RefusedURI(f"{where}: redirects to {safe_url(target)!r}, not an http(s) URL")
+    if _metadata_host(target):
+        raise RefusedURI(f"{where}: redirects to {safe_url(target)!r}, a link-local or instance-metadata host")
+    return target
+
+
 async def _attempt(session, url: str, where: str, opts: HttpOptions) -> bytes:
-    async with session.get(url) as resp:
-        status = resp.status
-        if status in (404, 410):
-            raise MissingObject(f"no object at {where} (HTTP {status})")
-        if status in (401, 403):
-            raise AccessDenied(f"{where}: HTTP {status} {resp.reason or ''}".rstrip())
-        if status in RETRY_STATUS:
-            raise _Retry(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
-        if not 200 <= status < 300:
-            raise ReadError(f"{where}: HTTP {status} {resp.reason or ''}".rstrip())
-        length = resp.content_length
-        if length is not None and length > opts.max_bytes:
-            resp.close()  # drop the connection rather than drain a body we refuse
-            raise ImageTooLarge(f"{where}: Content-Length {length} bytes exceeds storage.http.max_bytes={opts.max_bytes}")
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(_CHUNK):
-            body += chunk
-            if len(body) > opts.max_bytes:
-                resp.close()
-                raise ImageTooLarge(f"{where}: body exceeds storage.http.max_bytes={opts.max_bytes} (stopped reading at {len(body)} bytes)")
-        return bytes(body)
+    for hops in range(MAX_REDIRECTS + 1):
+        async with session.get(url, allow_redirects=False) as resp:
+            if resp.status in REDIRECTS:
+                url = redirect_target(url, resp.headers.get("Location"), hops)
+                continue
+            return await _body(resp, where, opts)
+    raise RefusedURI(f"{where}: more than {MAX_REDIRECTS} redirects")
+
+
+async def _body(resp, where: str, opts: HttpOptions) -> bytes:
+    status = resp.status
+    if status in (404, 410):
+        raise MissingObject(f"no object at {where} (HTTP {status})")
+    if status in (401, 403):
+        raise AccessDenied(f"{where}: HTTP {status} {resp.reason or ''}".rstrip())
+    if status in RETRY_STATUS:
+        raise _Retry(f"HTTP {status}", _retry_after(resp.headers.get("Retry-After")))
+    if not 200 <= status < 300:
+        raise ReadError(f"{where}: HTTP {status} {resp.reason or ''}".rstrip())
+    length = resp.content_length
+    if length is not None and length > opts.max_bytes:
+        resp.close()  # drop the connection rather than drain a body we refuse
+        raise ImageTooLarge(f"{where}: Content-Length {length} bytes exceeds storage.http.max_bytes={opts.max_bytes}")
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > opts.max_bytes:
+            resp.close()
+            raise ImageTooLarge(f"{where}: body exceeds storage.http.max_bytes={opts.max_bytes} (stopped reading at {len(body)} bytes)")
+    return bytes(body)
 
 
 def _retry_after(value: str | None) -> float | None:
