@@ -162,6 +162,30 @@ def test_download_checks_the_hash_in_the_file_name(torch_home, tmp_path):
         server.shutdown()
 
 
+def test_weights_for_another_architecture_are_refused(torch_home, tmp_path):
+    """resnet18 weights given to a resnet50 fit almost none of its tensors: an error naming the file,
+    before Ray starts, rather than training from random weights with a log line (review 3.14)."""
+    from catalog_vision.models.loading import WeightsMismatch
+    from catalog_vision.train import train
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(fake_imagenet_state(), path)
+    with pytest.raises(WeightsMismatch, match="resnet18.pth") as e:
+        build_model({"name": "resnet50", "pretrained": str(path)}, 5, RGB)
+    assert "of the 265 backbone tensors" in str(e.value)  # resnet50's learned tensors, counted independently below
+    learned = [k for k in torchvision.models.resnet50().state_dict() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
+    assert len(learned) == 265
+    cfg = make_cfg("experiment=smoke", "model=resnet50", f"model.pretrained={path}", f"paths.root={tmp_path}/nothing-here",
+                   "data.preprocessing.channels=3", "data.preprocessing.mean=[0.5,0.5,0.5]", "data.preprocessing.std=[0.5,0.5,0.5]")
+    started = time.perf_counter()
+    with pytest.raises(WeightsMismatch):
+        train(cfg)
+    assert time.perf_counter() - started < 30
+    # The right architecture still loads exactly.
+    model = build_model({"name": "resnet18", "pretrained": str(path)}, 5, RGB)
+    assert_backbone_is(model, torch.load(path))
+
+
 def test_train_stops_before_decoding_when_weights_are_missing(torch_home, tmp_path):
     # No catalog under paths.root at all: reaching the decode would fail on the manifest instead.
     cfg = make_cfg("experiment=smoke", "model=resnet18", "model.pretrained=imagenet", f"paths.root={tmp_path}/nothing-here", "data.preprocessing.channels=3", "data.preprocessing.mean=[0.5,0.5,0.5]", "data.preprocessing.std=[0.5,0.5,0.5]")

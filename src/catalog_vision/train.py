@@ -492,6 +492,8 @@ def train(cfg: Mapping[str, Any]) -> dict:
     # [0] Starting weights before Ray starts: missing weights must not cost a decode first.
     weights = pretrained_weights.resolve(model_cfg, storage) if model_cfg.get("pretrained") else None
     spec = Preprocessing.from_dict(pretrained_weights.adapt_preprocessing(model_cfg, data["preprocessing"]))
+    if weights is not None:  # weights for another architecture stop the run here, not as random-init training
+        weights.load_into(build_model({**model_cfg, "pretrained": None}, 2, spec.to_dict()))
     init_ray(cfg["ray"])
     check_shared([t["storage_path"], cfg["paths"]["model"]], storage)  # multi-node: checkpoints from every worker, one place
     classes = resolve_classes(data, storage)

@@ -22,12 +22,13 @@ def read_state_dict(data: bytes, name: str = "") -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
-def load_backbone_state(model: ImageClassifier, state: Mapping[str, torch.Tensor]) -> list[str]:
+def load_backbone_state(model: ImageClassifier, state: Mapping[str, torch.Tensor], source: str = "the starting weights") -> list[str]:
     """Load tensors into the backbone; return the names not used, sorted.
 
     An RGB stem loaded into a grayscale model is summed over its input channels (the usual
     adaptation, as timm does). ViT position embeddings are interpolated to the model's input size.
-    Other tensors whose shapes do not fit (the replaced classifier) are skipped.
+    Other tensors whose shapes do not fit (the replaced classifier) are skipped; weights that fit
+    fewer than ``MIN_LOADED`` of the backbone's tensors raise :class:`WeightsMismatch`.
     """
     state = dict(state)
     backbone = model.backbone
@@ -42,8 +43,28 @@ def load_backbone_state(model: ImageClassifier, state: Mapping[str, torch.Tensor
 
         state = dict(interpolate_embeddings(int(backbone.image_size), int(backbone.patch_size), state))
     fit = {k: v for k, v in state.items() if k in target and target[k].shape == v.shape}
+    learned = [k for k in target if not k.endswith("num_batches_tracked")]
+    missing = [k for k in learned if k not in fit]
+    if len(missing) > (1 - MIN_LOADED) * len(learned):
+        raise WeightsMismatch(
+            f"{source} fits {len(learned) - len(missing)} of the {len(learned)} backbone tensors of model.name={model_name(model)} "
+            f"(e.g. missing or of another shape: {missing[:5]}): weights for another architecture? Starting from them would "
+            "silently be starting from random weights."
+        )
     backbone.load_state_dict(fit, strict=False)
     return sorted(set(state) - set(fit))
+
+
+# Below this share of the backbone's tensors loaded, starting weights are refused as not fitting.
+MIN_LOADED = 0.9
+
+
+class WeightsMismatch(ValueError):
+    """Starting weights that do not fit the configured backbone."""
+
+
+def model_name(model: ImageClassifier) -> str:
+    return type(model.backbone).__name__
 
 
 def load_backbone_weights(model: ImageClassifier, uri: str, storage: Mapping[str, Any] | None = None) -> list[str]:
@@ -51,4 +72,4 @@ def load_backbone_weights(model: ImageClassifier, uri: str, storage: Mapping[str
     into the backbone (see :func:`load_backbone_state`); return the tensor names not used."""
     from .. import storage as st
 
-    return load_backbone_state(model, read_state_dict(st.read_bytes(uri, storage), uri))
+    return load_backbone_state(model, read_state_dict(st.read_bytes(uri, storage), uri), uri)

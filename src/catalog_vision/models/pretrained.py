@@ -68,7 +68,7 @@ class Weights:
         """Load into ``model``'s backbone; return the tensor names not used (the replaced classifier)."""
         from .loading import load_backbone_state, read_state_dict
 
-        return load_backbone_state(model, read_state_dict(self.data, self.source))
+        return load_backbone_state(model, read_state_dict(self.data, self.source), f"model.pretrained={self.pretrained} ({self.source})")
 
     def describe(self) -> dict[str, Any]:
         """Provenance for the checkpoint's ``model.json``."""
