@@ -337,7 +337,8 @@ def job(xb: np.ndarray, args) -> None:
         t = time.perf_counter()
         m = build(table, out, params, model_id="bench", catalog="bench")
         b, mib = m["build"], m["index_bytes"] / 2**20
-        print(f"# index job, {b['mode']} build: {b['added_rows']:,} rows from {b['new_files']} file(s) in {time.perf_counter() - t:.1f} s "
+        why = f" ({b['reason']})" if b.get("reason") else ""
+        print(f"# index job, {b['mode']} build{why}: {b['added_rows']:,} rows from {b['new_files']} file(s) in {time.perf_counter() - t:.1f} s "
               f"(Ray Data read, one row per image, faiss, write; {m['rows']:,} images, {mib:.0f} MiB index); load {os.getloadavg()[0]:.1f}")
     ray.shutdown()
 
