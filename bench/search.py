@@ -317,13 +317,18 @@ def write_table(xb: np.ndarray, folder: str, run_id: str, first: int, rows_per_f
 def job(xb: np.ndarray, args) -> None:
     """``search.build.build`` (what jobs/index.py runs) on the vectors as a table: full, then incremental."""
     import ray
+    import ray.data
 
     from catalog_vision.search.build import build
+
+    from catalog_vision.runtime import quiet_ray_logs
 
     table, out = os.path.join(args.job, "table"), os.path.join(args.job, "index")
     extra = max(1, len(xb) // 100)
     write_table(xb[:-extra], os.path.join(table, "20260101T000000-aaaaaa"), "20260101T000000-aaaaaa", 0)
+    quiet_ray_logs(None)  # Ray Data's plan and progress INFO lines off, as in the jobs
     ray.init(num_cpus=args.threads, include_dashboard=False, log_to_driver=False)
+    ray.data.DataContext.get_current().enable_progress_bars = False
     set_threads(args.threads)
     params = ann.IndexParams(nprobe=args.nprobe)
     for label in ("full", "incremental"):
@@ -332,7 +337,8 @@ def job(xb: np.ndarray, args) -> None:
         t = time.perf_counter()
         m = build(table, out, params, model_id="bench", catalog="bench")
         b, mib = m["build"], m["index_bytes"] / 2**20
-        print(f"# index job, {b['mode']} build: {b['added_rows']:,} rows from {b['new_files']} file(s) in {time.perf_counter() - t:.1f} s "
+        why = f" ({b['reason']})" if b.get("reason") else ""
+        print(f"# index job, {b['mode']} build{why}: {b['added_rows']:,} rows from {b['new_files']} file(s) in {time.perf_counter() - t:.1f} s "
               f"(Ray Data read, one row per image, faiss, write; {m['rows']:,} images, {mib:.0f} MiB index); load {os.getloadavg()[0]:.1f}")
     ray.shutdown()
 

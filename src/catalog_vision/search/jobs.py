@@ -73,13 +73,15 @@ def as_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-def embed_images(uris: Sequence[str], checkpoint: str, storage: Mapping[str, Any] | None, dtype: str, model_id: str) -> np.ndarray:
-    """Embeddings of image files (local or ``s3://``) with the backfill's decoder and
-    :class:`~catalog_vision.infer.Predictor`; the checkpoint must be the index's model."""
+def embed_images(uris: Sequence[str], p: Mapping[str, Any], storage: Mapping[str, Any] | None, dtype: str, model_id: str) -> np.ndarray:
+    """Embeddings of image files (local or ``s3://``) with the backfill's decoder and a
+    :class:`~catalog_vision.infer.Predictor` set up as the backfill's (``p``: the predictor config;
+    ``tta`` and ``fold_bn`` change embeddings); the checkpoint must be the index's model."""
     from ..images import ImageError, decode, error_string
     from ..infer import Predictor
 
-    predictor = Predictor(st.absolute(checkpoint), storage, device="cpu", dtype=dtype, batch_size=max(1, len(uris)))
+    predictor = Predictor(st.absolute(str(p["checkpoint"])), storage, device=p.get("device", "auto"), dtype=dtype, batch_size=max(1, len(uris)),
+                          tta=p.get("tta") or "none", fold_bn=bool(p.get("fold_bn", True)), channels_last=bool(p.get("channels_last", True)))
     if predictor.model_id != model_id:
         raise ValueError(f"predictor.checkpoint is {predictor.model_id}, the index is {model_id}: a new image must be embedded by the index's model")
     pixels = []
@@ -119,7 +121,7 @@ def similar(cfg: Mapping[str, Any], index: SimilarityIndex | None = None) -> pa.
         parts.append(index.similar_to(ids, k, s.get("label"), exclude_self=bool(s.get("exclude_self"))))
     if images:
         images = [st.absolute(u) for u in images]
-        vectors = embed_images(images, cfg["predictor"]["checkpoint"], cfg["storage"], query_dtype(cfg, index.manifest), index.manifest["model_id"])
+        vectors = embed_images(images, cfg["predictor"], cfg["storage"], query_dtype(cfg, index.manifest), index.manifest["model_id"])
         parts.append(index.search(vectors, images, k, s.get("label")))
     result = pa.concat_tables(parts)
     if s.get("output"):
