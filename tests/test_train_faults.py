@@ -60,7 +60,8 @@ def test_worker_killed_mid_run_restores_from_latest_checkpoint(ray_local, local_
     driver = start_driver(ray_local, overrides(local_catalog, tmp_path, "worker-kill"), tmp_path / "worker-kill.log")
 
     def workers():
-        return [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True) if "TrainWorker" in (a.class_name or "") and a.pid]
+        address = ray_local.get_runtime_context().gcs_address  # this cluster: others may run on the machine
+        return [a.pid for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True) if "TrainWorker" in (a.class_name or "") and a.pid]
 
     assert wait_for(lambda: driver.poll() is not None or registered(tmp_path, "worker-kill"), timeout=300)
     pids = workers()
