@@ -5,6 +5,8 @@ compare every answer with DuckDB / numpy, and this test fails on any error outpu
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import nbclient
@@ -83,7 +85,9 @@ def test_search_and_drift_notebook_executes(backfills, tmp_path, monkeypatch):
     monkeypatch.setenv("CV_OUTPUT", str(tmp_path / "out"))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     assert not outputs(nb), "the notebook is stored without outputs"
+    t0 = time.perf_counter()
     nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    print(f"notebook executed in {time.perf_counter() - t0:.1f} s (load average {os.getloadavg()[0]:.1f})")
 
     outs = outputs(nb)
     errors = [o for o in outs if o.get("output_type") == "error"]
