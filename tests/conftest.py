@@ -71,6 +71,9 @@ def s3_endpoint():
 def ray_local(s3_endpoint):
     import ray
 
+    # Serve kills an HTTP proxy that is not ready within 5 s (its default); on a loaded 2-core
+    # machine a proxy can take longer to start, and the Serve tests then fail at start-up.
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     ray.init(num_cpus=6, include_dashboard=True, log_to_driver=True)
     import ray.data
 

@@ -60,23 +60,24 @@ class Load:
 
     def __init__(self, url: str, images: list[bytes]):
         self.url, self.images = url, images
-        self.answers: list[tuple[float, int, int | None, str | None, str | None]] = []  # (time, image, status, model_id, label or error)
+        self.answers: list[tuple[float, int, int | None, str | None, str | None, float]] = []  # (time, image, status, model_id, label or error, seconds)
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.threads = [threading.Thread(target=self.client, args=(c,)) for c in range(CLIENTS)]
+        self.threads = [threading.Thread(target=self.client, args=(c,), daemon=True) for c in range(CLIENTS)]
 
     def client(self, c: int) -> None:
         s = requests.Session()
         i = c
         while not self.stop.is_set():
             i = (i + CLIENTS) % len(self.images)
+            t0 = time.monotonic()
             try:
                 r = s.post(f"{self.url}/classify", data=self.images[i], headers={"Content-Type": "image/png"}, timeout=60)
                 body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {"error": r.text[:200]}
                 pred = (body.get("predictions") or [{}])[0]
-                answer = (time.monotonic(), i, r.status_code, body.get("model_id"), pred.get("label", body.get("error")))
+                answer = (time.monotonic(), i, r.status_code, body.get("model_id"), pred.get("label", body.get("error")), time.monotonic() - t0)
             except requests.RequestException as e:
-                answer = (time.monotonic(), i, None, None, repr(e))
+                answer = (time.monotonic(), i, None, None, repr(e), time.monotonic() - t0)
             with self.lock:
                 self.answers.append(answer)
 
@@ -103,37 +104,51 @@ def test_rollout_to_a_new_checkpoint_under_load_fails_no_request(ray_local, two_
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    load = Load(url, images)
     try:
         print(serve_deploy(config_for(a, port), tmp_path, "a"))
         wait_for_model(url, MODEL, id_a)
-        load = Load(url, images)
         for t in load.threads:
             t.start()
         time.sleep(3)
         t_deploy = time.monotonic()
         serve_deploy(config_for(b, port), tmp_path, "b")  # same application name: an in-place update
+        # Until B answers, and 5 s more while the old replica drains and stops: the replicas' states,
+        # polled from Serve's controller, say whether any replica was RUNNING (taking requests) throughout.
+        running = []
         deadline = time.monotonic() + 240
-        while id_b not in load.model_ids() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        t_first_b = time.monotonic()
-        time.sleep(5)  # keep the load on while the old replica drains and stops
+        t_first_b = None
+        while time.monotonic() < deadline and (t_first_b is None or time.monotonic() < t_first_b + 5):
+            deployment = serve.status().applications[MODEL].deployments.get("ImageClassifier")  # absent while the new args build
+            if deployment is not None:
+                running.append(int(deployment.replica_states.get("RUNNING", 0)))
+            if t_first_b is None and id_b in load.model_ids():
+                t_first_b = time.monotonic()
+            time.sleep(0.1)
         load.stop.set()
         for t in load.threads:
             t.join(timeout=120)
         status = serve.status().applications[MODEL]
     finally:
+        load.stop.set()
         serve.shutdown()
 
     answers = load.answers
     failed = [a_ for a_ in answers if a_[2] != 200 or a_[3] not in expected or expected[a_[3]][a_[1]] != a_[4]]
     ids = [a_[3] for a_ in answers]
-    during = [a_ for a_ in answers if t_deploy <= a_[0] <= t_first_b]
+    t_first_b = min((a_[0] for a_ in answers if a_[3] == id_b), default=deadline)
+    during = [a_ for a_ in answers if t_deploy <= a_[0] < t_first_b]  # answered between `serve deploy` and B's first answer
+    seconds = np.array([a_[5] for a_ in answers])
     print(
         f"\n{len(answers)} requests from {CLIENTS} clients: {ids.count(id_a)} answered by A ({id_a}), {ids.count(id_b)} by B ({id_b}), "
-        f"{len(failed)} failed; {len(during)} answered in the {t_first_b - t_deploy:.1f} s from `serve deploy` to B's first answer"
+        f"{len(failed)} failed; {len(during)} answered in the {t_first_b - t_deploy:.1f} s from `serve deploy` to B's first answer; "
+        f"latency p50 {np.median(seconds) * 1e3:.0f} ms, max {seconds.max():.1f} s; RUNNING replicas during the roll-out: min {min(running)}, "
+        f"max {max(running)} ({len(running)} polls)"
     )
     assert not failed, failed[:5]
     assert id_a in ids and id_b in ids
     assert ids[-2 * CLIENTS :] == [id_b] * (2 * CLIENTS)  # the old replica is gone: only B answers at the end
-    assert len(during) > 0  # requests kept being answered while B loaded
+    # A replica was taking requests at every poll: the old one served until the new one was RUNNING
+    # (with Serve's default max_surge_percent=0 the old replica stops first and none runs while B loads).
+    assert running and min(running) >= 1
     assert status.status == "RUNNING", status
