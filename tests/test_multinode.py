@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -39,11 +40,17 @@ class Nodes:
         self.cluster, self.workers = cluster, []
 
     def ensure(self, n: int = 2) -> None:
-        """``n`` live worker nodes (plus the head) before a test starts."""
-        self.workers = [w for w in self.workers if w.proc.poll() is None]
-        while len(self.workers) < n:
-            self.workers.append(add_node(self.cluster, num_cpus=2, resources=NODE))
-        assert wait_for(lambda: alive_nodes(self.cluster) == n + 1, timeout=180, interval=1), "worker nodes did not join"
+        """``n`` live worker nodes (plus the head) before a test starts; a `ray start` that exits
+        (it gives up when its raylet is slow to come up on a loaded machine) is started again."""
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline:
+            self.workers = [w for w in self.workers if w.proc.poll() is None]
+            while len(self.workers) < n:
+                self.workers.append(add_node(self.cluster, num_cpus=2, resources=NODE))
+            if wait_for(lambda: alive_nodes(self.cluster) == n + 1 or any(w.proc.poll() is not None for w in self.workers), timeout=120, interval=2) \
+                    and all(w.proc.poll() is None for w in self.workers):
+                return
+        raise AssertionError(f"{n} worker nodes did not join; `ray start` logs: {self.cluster.temp_dir}/node-*.log")
 
     def kill(self, node) -> None:
         remove_node(node)
