@@ -111,11 +111,11 @@ def backfill_args(env, out: Path, run_id: str) -> list[str]:
 
 def table_counts(out: Path) -> tuple[int, int]:
     """Rows and distinct image ids in the whole table, read back with DuckDB."""
-    return duckdb.sql(f"SELECT count(*), count(DISTINCT image_id) FROM read_parquet('{out}/predictions/*/*/*/*.parquet')").fetchone()
+    return duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id) FROM read_parquet('{out}/predictions/*/*/*/*.parquet')").fetchone()
 
 
 def catalog_size(env) -> int:
-    return duckdb.sql(f"SELECT count(*) FROM read_parquet('{env['manifest']}') WHERE split = 'test'").fetchone()[0]
+    return duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{env['manifest']}') WHERE split = 'test'").fetchone()[0]
 
 
 def run_manifest(out: Path, run_id: str) -> dict:
