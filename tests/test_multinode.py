@@ -206,7 +206,8 @@ def test_node_killed_mid_training_resumes_on_surviving_node(cluster):
             proc.kill()
     print(stdout[-4000:])
     assert proc.returncode == 0, stdout[-4000:]
-    groups = [line for line in stdout.splitlines() if line.startswith("train workers:")]
+    # Worker lines reach the driver behind a "(RayTrainWorker pid=...)" prefix.
+    groups = ["train workers:" + line.split("train workers:", 1)[1] for line in stdout.splitlines() if "train workers:" in line]
     print("worker groups:", groups)
     assert groups[0].startswith("train workers: 2 on 2 nodes")  # one Train worker per worker node
     assert any(line.startswith("train workers: 1 on 1 nodes") for line in groups[1:])  # the elastic group shrank
