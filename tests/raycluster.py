@@ -125,7 +125,10 @@ def add_node(cluster: Cluster, num_cpus: int = 1, private_mount: str | None = No
 
         cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
                f"mount -t tmpfs cv-private {shlex.quote(private_mount)} && exec {shlex.join(cmd)}"]
-    proc = subprocess.Popen(cmd, env=cluster.env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # `ray start`'s own output (why a node did not join) goes to a log in the cluster's temp dir.
+    log = open(os.path.join(cluster.temp_dir, f"node-{secrets.token_hex(3)}.log"), "w")
+    proc = subprocess.Popen(cmd, env=cluster.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
     return Node(proc, private_mount)
 
 

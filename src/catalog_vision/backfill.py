@@ -145,6 +145,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
             num_gpus=float(p["num_gpus"]),
             num_cpus=float(p["cpus_per_actor"]),
             memory=float(p["memory_mb"]) * 2**20,
+            **actor_fault_args(p),
         )
         # [4] Commit files of exactly output.rows_per_file rows (the last one: the rest), atomically.
         # A strict streaming repartition cuts the prediction stream into blocks of that size, one
@@ -254,6 +255,23 @@ def check_predictor(p: Mapping[str, Any]) -> None:
         raise ValueError("predictor.device=cuda needs predictor.num_gpus > 0 (Ray hides GPUs from actors that do not ask for one)")
     if int(p["min_actors"]) > int(p["max_actors"]) or int(p["min_actors"]) < 1:
         raise ValueError(f"need 1 <= predictor.min_actors <= predictor.max_actors, got {p['min_actors']} and {p['max_actors']}")
+
+
+def actor_fault_args(p: Mapping[str, Any]) -> dict:
+    """Custom resources and fault tolerance of the predictor actors (README "Preemptible nodes").
+
+    ``max_restarts``: how often Ray recreates an actor whose process or node died (-1: always);
+    ``max_task_retries``: how often a batch that was running on such an actor is sent again
+    (-1: always). A retried batch commits under the same file name (:mod:`.sink`), so a retry
+    never duplicates rows. ``resources``: custom node resources each actor needs (e.g. a
+    node-type label), which also spreads the actors when a node offers one."""
+    args: dict[str, Any] = {}
+    for key in ("max_restarts", "max_task_retries"):
+        if p.get(key) is not None:
+            args[key] = int(p[key])
+    if p.get("resources"):
+        args["resources"] = {str(k): float(v) for k, v in dict(p["resources"]).items()}
+    return args
 
 
 def decode_in(p: Mapping[str, Any]) -> str:

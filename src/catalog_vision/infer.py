@@ -101,6 +101,16 @@ def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     return out
 
 
+def ray_node_id() -> str | None:
+    """The Ray node this process runs on (``None`` outside Ray): where a predictor actor ran."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - a report without a node id is still a report
+        return None
+
+
 class Predictor:
     """Callable class for ``map_batches``: loads the checkpoint once, predicts per batch.
 
@@ -178,9 +188,11 @@ class Predictor:
         from . import storage as st
 
         host = socket.gethostname()
-        report = {"host": host, "device": self.device.type, "dtype": precision.dtype_name(self.dtype), "auto": self.dtype_choice}
-        # One file per host and device: the actors of one host agree, so they may overwrite each other.
-        st.write_json(st.join(folder, f"{host}-{self.device.type}.json"), report, self.storage)
+        node = ray_node_id()
+        report = {"host": host, "node_id": node, "device": self.device.type, "dtype": precision.dtype_name(self.dtype), "auto": self.dtype_choice}
+        # One file per Ray node and device (several nodes may share a host name): the actors of one
+        # node agree, so they may overwrite each other.
+        st.write_json(st.join(folder, f"{host}-{(node or 'local')[:16]}-{self.device.type}.json"), report, self.storage)
 
     def _measure_dtype(self, batch_size: int, cache_dir: str | None) -> torch.dtype:
         import json

@@ -249,6 +249,18 @@ def _all_reduce(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
+def worker_nodes() -> list[str]:
+    """Every Train worker's Ray node id (in rank order): where this attempt's worker group runs."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [node]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, node)
+    return out
+
+
 def _all_gather(arr: np.ndarray) -> np.ndarray:
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return arr
@@ -395,6 +407,9 @@ def train_loop_per_worker(config: dict) -> None:
         quiet_train_worker_logs()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    nodes = worker_nodes()
+    if rank == 0:
+        say(f"train workers: {world} on {len(set(nodes))} nodes {sorted(set(nodes))}")
     seed = int(t["seed"])
     seed_everything(seed)  # the same initial weights on every rank
     if t.get("threads_per_worker"):
@@ -441,7 +456,7 @@ def train_loop_per_worker(config: dict) -> None:
         tr = _all_reduce(train_one_epoch(model, train_shard, optimizer, scheduler, step))
         va_counts, va_scores, va_targets = evaluate(model, val_shard, step, t["batch_size"] * 2)
         metrics, thresholds = epoch_metrics(epoch, task, world, tr, _all_reduce(va_counts), va_scores, va_targets, scheduler)
-        metrics.update({"frozen_backbone": epoch < frozen_epochs, "resumed_from_epoch": start_epoch})  # > 0: this attempt restored a checkpoint
+        metrics.update({"frozen_backbone": epoch < frozen_epochs, "resumed_from_epoch": start_epoch, "workers": world, "nodes": len(set(nodes))})  # > 0: this attempt restored a checkpoint
         metrics["seconds"] = round(time.perf_counter() - epoch_start, 2)
         history.append(metrics)
         best, since_best = (metrics[metric], 0) if _improved(metrics[metric], best, mode) else (best, since_best + 1)
@@ -462,6 +477,28 @@ def train_loop_per_worker(config: dict) -> None:
             if rank == 0:
                 say(f"early stopping: {metric} has not improved for {patience} epochs (best {best:.4f})")
             break
+
+
+def scaling_args(t: Mapping[str, Any]) -> dict:
+    """``ScalingConfig`` from the trainer config. ``trainer.min_workers`` (below ``num_workers``)
+    makes the worker group elastic: Ray Train starts, or restarts after losing a node, with as many
+    workers as fit between the two. ``trainer.resources``: custom node resources per worker."""
+    n = int(t["num_workers"])
+    low = t.get("min_workers")
+    if low is not None and not 1 <= int(low) <= n:
+        raise ValueError(f"trainer.min_workers={low!r}: between 1 and trainer.num_workers={n}, or null for a fixed group")
+    resources = {"CPU": float(t["cpus_per_worker"]), **({"GPU": 1} if t["use_gpu"] else {})}
+    resources.update({str(k): float(v) for k, v in dict(t.get("resources") or {}).items()})
+    return {"num_workers": (int(low), n) if low is not None and int(low) < n else n, "use_gpu": bool(t["use_gpu"]), "resources_per_worker": resources}
+
+
+def failure_args(t: Mapping[str, Any]) -> dict:
+    """``FailureConfig``: restarts from the latest registered checkpoint after a worker failure
+    (``max_failures``) and, counted apart, after node preemptions (``max_preemption_failures``)."""
+    args = {"max_failures": int(t["max_failures"])}
+    if t.get("max_preemption_failures") is not None:
+        args["max_preemption_failures"] = int(t["max_preemption_failures"])
+    return args
 
 
 def class_counts(table, classes: list[str], task: str) -> list[int]:
@@ -545,11 +582,7 @@ def train(cfg: Mapping[str, Any]) -> dict:
             "checkpoint_meta": meta,
             "verbose": verbose(cfg["ray"]),
         },
-        scaling_config=ScalingConfig(
-            num_workers=int(t["num_workers"]),
-            use_gpu=bool(t["use_gpu"]),
-            resources_per_worker={"CPU": float(t["cpus_per_worker"]), **({"GPU": 1} if t["use_gpu"] else {})},
-        ),
+        scaling_config=ScalingConfig(**scaling_args(t)),
         # [2] Block order is randomised each epoch; the workers' local shuffle buffer mixes further.
         datasets={"train": train_ds.randomize_block_order(), "val": val_ds},
         run_config=RunConfig(
@@ -557,7 +590,7 @@ def train(cfg: Mapping[str, Any]) -> dict:
             storage_path=storage_root,
             storage_filesystem=arrow_fs,
             checkpoint_config=CheckpointConfig(num_to_keep=int(t["checkpoints_to_keep"]), checkpoint_score_attribute=metric, checkpoint_score_order=mode),
-            failure_config=FailureConfig(max_failures=int(t["max_failures"])),
+            failure_config=FailureConfig(**failure_args(t)),
             # Ray Train's own INFO lines (worker group start, every report) only with ray.verbose=true.
             logging_config=LoggingConfig(log_level="INFO" if verbose(cfg["ray"]) else "WARNING"),
         ),
