@@ -247,23 +247,6 @@ def choice_of(checkpoint: str, p: dict) -> str:
         torch.set_num_threads(threads)
 
 
-def host_description() -> str:
-    """What the figures depend on: CPU model, cores, native bf16 units, torch."""
-    flags, model = set(), "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    except OSError:
-        pass
-    bf16 = "avx512_bf16" if "avx512_bf16" in flags else "no avx512_bf16"
-    amx = "AMX" if "amx_bf16" in flags else "no AMX"
-    return f"{model}, {os.cpu_count()} cores, {bf16}, {amx}, torch {torch.__version__}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, from {list(WORKLOADS)}")
@@ -373,7 +356,7 @@ def main() -> None:
     print()
     for line in notes:
         print(line)
-    print(f"host: {host_description()}\ncommand: {command}")
+    print(f"host: {results_file.host()}\ncommand: {command}")
     results_file.save("backfill", command, columns, table, notes, align="llrrrrrrl")
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import requests
 
+from serve_helpers import train_checkpoint
 from conftest import free_port, make_cfg
 
 from catalog_vision import checkpoint as ckpt
@@ -48,34 +49,7 @@ def fmnist_arrays(fmnist):
 def trained_checkpoint(tmp_path_factory, fmnist_arrays):
     """small_cnn trained for a few hundred steps on 4,000 training images: decisive top-1s, so
     online/offline agreement is not decided by float noise between near-equal classes."""
-    import torch
-
-    from catalog_vision.models import build_model
-
-    cfg = make_cfg("experiment=smoke")
-    x, y = fmnist_arrays["train"]
-    x, y = torch.from_numpy(x[:4000, None].copy()), torch.from_numpy(y[:4000].astype(np.int64))
-    torch.manual_seed(0)
-    model = build_model(cfg["model"], len(cfg["data"]["classes"]), cfg["data"]["preprocessing"])
-    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(2):
-        for i in torch.randperm(len(x)).split(64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x[i]), y[i]).backward()
-            opt.step()
-    model.eval()
-    path = tmp_path_factory.mktemp("serve-ckpt") / "model"
-    meta = {
-        "model": cfg["model"],
-        "classes": cfg["data"]["classes"],
-        "preprocessing": cfg["data"]["preprocessing"],
-        "task": "multiclass",
-        "embedding_dim": model.num_features,
-        "epoch": 2,
-        "metrics": {},
-    }
-    return ckpt.save(str(path), model, meta)
+    return train_checkpoint(tmp_path_factory.mktemp("serve-ckpt") / "model", fmnist_arrays, seed=0, images=4000, epochs=2)
 
 
 @pytest.fixture(scope="module")
