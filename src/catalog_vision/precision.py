@@ -33,16 +33,37 @@ MARGIN = 0.10
 # RGB) so that an emulated-bf16 host spends seconds, not minutes, finding out.
 PROBE_BYTES = 2**20
 CACHE_FILE = "precision.json"
+# Timed calls per candidate (taking turns), and the time after which two rounds are enough.
+ROUNDS = 5
+BUDGET_S = 2.0
+# Part of the cache key: decisions measured another way are measured again.
+METHOD = "interleaved-min"
 
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
-def pick_faster(seconds_of: Callable[[torch.dtype], float], margin: float = MARGIN) -> tuple[torch.dtype, dict[str, float]]:
-    """Time each candidate with ``seconds_of(dtype)`` (lower is faster); bfloat16 only when it takes
-    less than float32 by more than ``margin``. Returns the choice and the times by dtype name."""
-    times = {dtype_name(d): float(seconds_of(d)) for d in CANDIDATES}
+def pick_faster(seconds_of: Callable[[torch.dtype], float], margin: float = MARGIN, rounds: int = ROUNDS,
+                budget_s: float = BUDGET_S) -> tuple[torch.dtype, dict[str, float]]:
+    """Time each candidate with ``seconds_of(dtype)`` (one timed call, lower is faster); bfloat16
+    only when it takes less than float32 by more than ``margin``. Returns the choice and the times
+    by dtype name.
+
+    The candidates take turns, round by round (float32 then bfloat16, then the other way round),
+    and each keeps its fastest call: other work on the host that comes and goes during the
+    measurement then slows both alike instead of whichever ran second, and each gets its quietest
+    moment. Stops after ``rounds``, or after two rounds once ``budget_s`` is spent, or after one when
+    a candidate is 3x slower (emulated bf16: clear at once, and each call costs seconds)."""
+    best: dict[str, float] = {}
+    t0 = time.perf_counter()
+    for r in range(max(1, rounds)):
+        for d in CANDIDATES if r % 2 == 0 else CANDIDATES[::-1]:
+            best[dtype_name(d)] = min(best.get(dtype_name(d), float("inf")), float(seconds_of(d)))
+        lo, hi = sorted(best.values())
+        if hi > 3 * lo or (r >= 1 and time.perf_counter() - t0 > budget_s):
+            break
+    times = {dtype_name(d): best[dtype_name(d)] for d in CANDIDATES}
     faster = times["bfloat16"] * (1.0 + margin) < times["float32"]
     return (torch.bfloat16 if faster else torch.float32), times
 
@@ -58,38 +79,28 @@ def _autocast(dtype: torch.dtype):
 
 
 class _Clock:
-    """The fastest of up to ``iters`` timed calls (the least disturbed by other processes), after
-    ``warmup`` calls (oneDNN builds its kernels on the first); stops early once ``budget_s`` is spent.
+    """One timed call of ``step`` per use; the first use per dtype runs ``warmup`` untimed calls
+    before it (oneDNN builds its kernels on the first call of each dtype and shape).
 
-    A candidate whose warm-up call already takes 3x the first candidate's is clearly slower (emulated
+    A candidate whose warm-up already takes 3x the first candidate's is clearly slower (emulated
     bf16: 7x): its warm-up time stands as its figure, sparing seconds of timed calls."""
 
-    def __init__(self, warmup: int, iters: int, budget_s: float):
-        self.warmup, self.iters, self.budget_s = max(1, warmup), iters, budget_s
-        self.first_warmup: float | None = None
+    def __init__(self, warmup: int):
+        self.warmup = max(1, warmup)
+        self.warm: dict[torch.dtype, float] = {}
 
-    def __call__(self, step: Callable[[], Any]) -> float:
-        t = time.perf_counter()
-        for _ in range(self.warmup):
-            step()
-        warm = (time.perf_counter() - t) / self.warmup
-        if self.first_warmup is None:
-            self.first_warmup = warm
-        elif warm > 3 * self.first_warmup:
-            return warm
-        return _best_time(step, self.iters, self.budget_s)
-
-
-def _best_time(step: Callable[[], Any], iters: int, budget_s: float) -> float:
-    best, spent = float("inf"), 0.0
-    for _ in range(iters):
+    def __call__(self, dtype: torch.dtype, step: Callable[[], Any]) -> float:
+        if dtype not in self.warm:
+            t = time.perf_counter()
+            for _ in range(self.warmup):
+                step()
+            self.warm[dtype] = (time.perf_counter() - t) / self.warmup
+            first = next(iter(self.warm.values()))
+            if self.warm[dtype] > 3 * first:
+                return self.warm[dtype]
         t = time.perf_counter()
         step()
-        dt = time.perf_counter() - t
-        best, spent = min(best, dt), spent + dt
-        if spent > budget_s:
-            break
-    return best
+        return time.perf_counter() - t
 
 
 def _pixels(n: int, shape: tuple[int, ...], channels_last: bool) -> torch.Tensor:
@@ -99,11 +110,11 @@ def _pixels(n: int, shape: tuple[int, ...], channels_last: bool) -> torch.Tensor
 
 
 def inference_timer(model: torch.nn.Module, n: int, shape: tuple[int, ...], channels_last: bool = True,
-                    warmup: int = 1, iters: int = 3, budget_s: float = 1.0) -> Callable[[torch.dtype], float]:
+                    warmup: int = 1) -> Callable[[torch.dtype], float]:
     """``seconds_of(dtype)`` for :func:`pick_faster`: the model's forward (features + head, as the
     predictor calls it) on ``n`` images of ``shape``, per image."""
     x = _pixels(n, shape, channels_last)
-    clock = _Clock(warmup, iters, budget_s)
+    clock = _Clock(warmup)
 
     @torch.inference_mode()
     def seconds_of(dtype: torch.dtype) -> float:
@@ -111,18 +122,18 @@ def inference_timer(model: torch.nn.Module, n: int, shape: tuple[int, ...], chan
             with _autocast(dtype):
                 model.forward_head(model.forward_features(x)).float()
 
-        return clock(step) / n
+        return clock(dtype, step) / n
 
     return seconds_of
 
 
 def training_timer(model: torch.nn.Module, n: int, shape: tuple[int, ...], channels_last: bool = True,
-                   warmup: int = 1, iters: int = 3, budget_s: float = 2.0) -> Callable[[torch.dtype], float]:
+                   warmup: int = 1) -> Callable[[torch.dtype], float]:
     """``seconds_of(dtype)`` for :func:`pick_faster`: forward + backward of a copy of ``model`` (the
     real one keeps its gradients and batch-norm statistics untouched), per image."""
     probe = copy.deepcopy(model).train()
     x = _pixels(n, shape, channels_last)
-    clock = _Clock(warmup, iters, budget_s)
+    clock = _Clock(warmup)
 
     def seconds_of(dtype: torch.dtype) -> float:
         def step():
@@ -133,7 +144,7 @@ def training_timer(model: torch.nn.Module, n: int, shape: tuple[int, ...], chann
 
         # Dropout draws from the global generator: measuring must not move the run's seeded stream.
         with torch.random.fork_rng(devices=[]):
-            return clock(step) / n
+            return clock(dtype, step) / n
 
     return seconds_of
 
@@ -168,6 +179,7 @@ def measured_dtype(purpose: str, model_key: str, shape: tuple[int, ...], n: int,
         "model": model_key,
         "input": [n, *shape],
         "threads": torch.get_num_threads(),
+        "method": METHOD,
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) if cache_dir else default_cache_dir()
