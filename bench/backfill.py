@@ -19,8 +19,12 @@ Methods:
   the files (PIL ``draft`` JPEG scaling, then the same resize), the model, a
   ``pyarrow.parquet.ParquetWriter``: what a user would write instead; in float32 and with bf16
   autocast (on CPUs where bf16 is emulated and slow, the bf16 variant runs on the first
-  ``--bf16-images`` images only: its rate is what counts). (a) is compared with the faster one;
-* (c) ``model only`` — the model on pre-decoded in-memory tensors: the ceiling.
+  ``--bf16-images`` images only: its rate is what counts). When ``predictor.model_batch=auto`` has
+  (a) call the model on fewer images than the batch, (b) runs once more with batches of that size
+  in (a)'s dtype, so (a)'s measured batch is no advantage over (b). (a) is compared with the
+  fastest (b);
+* (c) ``model only`` — the model on pre-decoded in-memory tensors, in calls of (a)'s model batch:
+  the ceiling.
 
 Weights are random (made here): throughput does not depend on their values.
 """
@@ -235,14 +239,17 @@ def model_only(checkpoint: str, manifest: str, batch_size: int, dtype: str, root
     return n, best[0], best[1]
 
 
-def choice_of(checkpoint: str, p: dict) -> str:
-    """What dtype=auto picks on this host for the predictor actors (their thread count, their batch)."""
+def choice_of(checkpoint: str, p: dict) -> tuple[str, int | None]:
+    """What dtype=auto (and model_batch=auto) pick on this host for the predictor actors (their
+    thread count, their batch); the measurements are cached, as after a host's first run."""
     from catalog_vision.infer import Predictor
 
     threads = torch.get_num_threads()
     torch.set_num_threads(int(p.get("threads_per_actor") or threads))  # the actors' cache key
     try:
-        return Predictor(checkpoint, device="cpu", dtype="auto", batch_size=int(p["batch_size"]), dtype_cache_dir=p.get("dtype_cache_dir")).dtype_choice["dtype"]
+        pred = Predictor(checkpoint, device="cpu", dtype=p["dtype"], batch_size=int(p["batch_size"]), dtype_cache_dir=p.get("dtype_cache_dir"),
+                         model_batch=p.get("model_batch"))
+        return str(pred.dtype).replace("torch.", ""), pred.model_batch
     finally:
         torch.set_num_threads(threads)
 
@@ -255,7 +262,7 @@ def main() -> None:
     ap.add_argument("--photo-images", type=int, default=1500, help="per photo workload")
     ap.add_argument("--bf16-images", type=int, default=None, help="cap on the images (b) + bf16 autocast runs on (default: all, "
                     "or 256 where bf16 is measured slower than float32: emulated bf16 runs at a few images/s)")
-    ap.add_argument("--methods", default="a,b,b16,c", help="which to run: a, b (float32), b16 (bf16 autocast), c; "
+    ap.add_argument("--methods", default="a,b,b16,c", help="which to run: a, b (float32), b16 (bf16 autocast; also at (a)'s model batch when model_batch=auto chose a smaller one), c; "
                     "'vs best (b)' needs b and/or b16, 'of (c)' needs c")
     ap.add_argument("--source", default="/usr/share/datasets/fashion-mnist")
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for (b)")
@@ -286,7 +293,7 @@ def main() -> None:
     t = time.perf_counter()
     ray.data.range(1).materialize()
     print(f"cluster warm-up (not timed): {time.perf_counter() - t:.1f}s", flush=True)
-    results, choices = [], {}
+    results, choices, batch_choices = [], {}, {}
     for workload in workloads:
         n = {"small": args.small_images, "resnet": args.resnet_images}.get(workload, args.photo_images)
         batch = 512 if workload == "small" else 64
@@ -303,11 +310,11 @@ def main() -> None:
                 *args.overrides,
             )
             rows = []
-            dtype = cfg["predictor"]["dtype"]
-            if dtype == "auto":  # the once-per-host measurement, made before timing as after a host's first run
+            dtype, model_batch = cfg["predictor"]["dtype"], cfg["predictor"].get("model_batch")
+            if "auto" in (dtype, model_batch):  # the once-per-host measurements, made before timing as after a host's first run
                 t = time.perf_counter()
-                dtype = choice_of(checkpoint, cfg["predictor"])
-                print(f"[{workload}] precision auto -> {dtype}, decided before timing ({time.perf_counter() - t:.1f}s)", flush=True)
+                dtype, model_batch = choice_of(checkpoint, cfg["predictor"])
+                print(f"[{workload}] auto -> dtype {dtype}, model calls of {model_batch or batch} images, decided before timing ({time.perf_counter() - t:.1f}s)", flush=True)
             if "a" in methods:
                 load = os.getloadavg()[0]
                 t = time.perf_counter()
@@ -317,6 +324,7 @@ def main() -> None:
                 pinfo = out["predictor"]
                 dtype = pinfo["resolved_dtype"]
                 choices[workload] = pinfo.get("dtype_choice")
+                batch_choices[workload] = pinfo.get("model_batch_choice")
                 print(f"[{workload}] catalog-vision timings: {out['timings']}, {out['images_per_s']} images/s in the pipeline, dtype {dtype}", flush=True)
                 rows.append(("(a) catalog-vision", done, secs, dtype, load))
             if "b" in methods:
@@ -332,9 +340,16 @@ def main() -> None:
                 t = time.perf_counter()
                 k = plain_pytorch(manifest, checkpoint, root / "plain-bf16.parquet", batch, args.workers, bf16=True, limit=cap)
                 rows.append(("(b) + bf16 autocast", k, time.perf_counter() - t, "bfloat16", load))
+            if "b16" in methods and model_batch and model_batch != batch:
+                # (a) runs the model on calls of model_batch images: so does this (b), in (a)'s dtype
+                load = os.getloadavg()[0]
+                t = time.perf_counter()
+                bf16 = dtype == "bfloat16"
+                k = plain_pytorch(manifest, checkpoint, root / "plain-mb.parquet", model_batch, args.workers, bf16=bf16)
+                rows.append((f"(b){' + bf16 autocast' if bf16 else ''}, batches of {model_batch}", k, time.perf_counter() - t, dtype, load))
             if "c" in methods:
                 load = os.getloadavg()[0]
-                k, secs, how = model_only(checkpoint, manifest, batch, dtype, root)
+                k, secs, how = model_only(checkpoint, manifest, model_batch or batch, dtype, root)
                 rows.append(("(c) model only", k, secs, f"{dtype}, {how}", load))
             for m, k, secs, note, ld in rows:
                 print(f"[{workload}] {m}: {k} images in {secs:.1f}s = {k / secs:.1f} images/s ({note}; load {ld:.2f})", flush=True)
@@ -352,6 +367,7 @@ def main() -> None:
     notes = [f"(a) on Ray {ray.__version__} with num_cpus={args.num_cpus}, worker niceness {os.environ['RAY_worker_niceness']} "
              f"(this script's: {os.nice(0)}), overrides {args.overrides or 'none'}"]
     notes += [f"(a) [{w}] predictor.dtype=auto chose {c['dtype']}: {c['why']}" for w, c in choices.items() if c]
+    notes += [f"(a) [{w}] predictor.model_batch=auto chose {c['model_batch']}: {c['why']}" for w, c in batch_choices.items() if c]
     notes.append("load: 1-minute load average when each method started (other users of this machine)")
     print()
     for line in notes:

@@ -138,6 +138,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
                 "dtype_cache_dir": p.get("dtype_cache_dir"),
                 "report_to": st.join(out, PRECISION_REPORTS),
                 "fold_bn": bool(p.get("fold_bn", True)),
+                "model_batch": p.get("model_batch"),
             },
             compute=ray.data.ActorPoolStrategy(min_size=int(p["min_actors"]), max_size=int(p["max_actors"]), max_tasks_in_flight_per_actor=tasks_in_flight(p)),
             batch_size=int(p["batch_size"]),
@@ -212,6 +213,9 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
             "resolved_dtype": ",".join(sorted({r["dtype"] for r in precision_reports})) or None,
             # dtype=auto on CPU: the measured per-image times behind the choice, per host
             "dtype_choice": next((r["auto"] for r in precision_reports if r.get("auto")), None),
+            # model_batch=auto on CPU: images per model call each host chose, and its figures
+            "model_batch": sorted({r.get("model_batch") or p["batch_size"] for r in precision_reports}) or None,
+            "model_batch_choice": next((r["model_batch_auto"] for r in precision_reports if r.get("model_batch_auto")), None),
             "hosts": precision_reports,
             # A GPU config that ran on CPU: what was asked, what ran, and why (None: as configured)
             "fallback": p.get("fallback"),

@@ -139,6 +139,7 @@ class Predictor:
         dtype_cache_dir: str | None = None,
         report_to: str | None = None,
         fold_bn: bool = True,
+        model_batch: int | str | None = None,
     ):
         if tta not in TTA:
             raise ValueError(f"predictor.tta={tta!r}; choose one of {list(TTA)}")
@@ -162,6 +163,9 @@ class Predictor:
         # How dtype=auto was decided on CPU (measured or cached figures); None when not measured.
         self.dtype_choice: dict | None = None
         self.dtype = resolve_dtype(dtype, self.device, measure=lambda: self._measure_dtype(batch_size, dtype_cache_dir))
+        # Images per model call within a batch (None: the whole batch); "auto" measures it on CPU.
+        self.model_batch_choice: dict | None = None
+        self.model_batch = self._model_batch(model_batch, batch_size, dtype_cache_dir)
         self.pin_memory = bool(pin_memory) and self.device.type == "cuda"
         self.classes = list(self.loaded.classes)
         # Multi-label checkpoints: sigmoid scores, and every label above its validation-chosen threshold.
@@ -189,7 +193,8 @@ class Predictor:
 
         host = socket.gethostname()
         node = ray_node_id()
-        report = {"host": host, "node_id": node, "device": self.device.type, "dtype": precision.dtype_name(self.dtype), "auto": self.dtype_choice}
+        report = {"host": host, "node_id": node, "device": self.device.type, "dtype": precision.dtype_name(self.dtype), "auto": self.dtype_choice,
+                  "model_batch": self.model_batch, "model_batch_auto": self.model_batch_choice}
         # One file per Ray node and device (several nodes may share a host name): the actors of one
         # node agree, so they may overwrite each other.
         st.write_json(st.join(folder, f"{host}-{(node or 'local')[:16]}-{self.device.type}.json"), report, self.storage)
@@ -203,6 +208,25 @@ class Predictor:
         timer = precision.inference_timer(self.model, n, shape, self.channels_last)
         self.dtype_choice = precision.measured_dtype("inference", model_key, shape, n, timer, cache_dir)
         return precision.DTYPE_BY_NAME[self.dtype_choice["dtype"]]
+
+    def _model_batch(self, setting: int | str | None, batch_size: int, cache_dir: str | None) -> int | None:
+        if setting in (None, "null"):
+            return None
+        if setting != "auto":
+            if int(setting) < 1:
+                raise ValueError(f"predictor.model_batch={setting!r}; choose auto, null (the whole batch) or a positive number of images")
+            return int(setting)
+        if self.device.type != "cpu":
+            return None  # accelerators: the whole batch
+        import json
+
+        from . import model_batch
+
+        timer = model_batch.inference_timer(self.model, self.spec.shape, self.dtype, self.channels_last)
+        model_key = json.dumps(self.loaded.meta["model"], sort_keys=True)
+        self.model_batch_choice = model_batch.measured_model_batch(model_key, self.spec.shape, batch_size, self.dtype, timer, cache_dir)
+        chosen = int(self.model_batch_choice["model_batch"])
+        return None if chosen >= batch_size else chosen
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -223,6 +247,10 @@ class Predictor:
         ``tta="hflip"`` the image and its mirror image both go through the model (2x the compute):
         probabilities and features are the mean of the two."""
         x = self._to_device(pixels)
+        step = self.model_batch or len(x)
+        if len(x) > step:  # model calls of the measured size (predictor.model_batch)
+            parts = [self.predict_pixels(x[i : i + step]) for i in range(0, len(x), step)]
+            return np.concatenate([p for p, _ in parts]), np.concatenate([e for _, e in parts])
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         views = [x, x.flip(-1)] if self.tta == "hflip" else [x]

@@ -164,14 +164,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CATALOG_VISION_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "catalog-vision")
 
 
-def measured_dtype(purpose: str, model_key: str, shape: tuple[int, ...], n: int, seconds_of: Callable[[torch.dtype], float],
-                   cache_dir: str | os.PathLike | None = None) -> dict:
-    """The cached decision for this host, model and input, or a new measurement (then cached).
-
-    Returns ``{"dtype", "seconds_per_image": {dtype: s}, "why", "key", "cached"}``; ``purpose`` is
-    ``inference`` or ``training``. A cache that cannot be read or written only costs a measurement.
-    """
-    key = {
+def host_key(purpose: str, model_key: str, shape: tuple[int, ...], n: int, **more: Any) -> dict:
+    """What a measured decision depends on: the host's CPU and core count, torch, the model, the
+    input, torch's thread count, the measuring method, and ``more``."""
+    return {
         "purpose": purpose,
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
@@ -180,7 +176,13 @@ def measured_dtype(purpose: str, model_key: str, shape: tuple[int, ...], n: int,
         "input": [n, *shape],
         "threads": torch.get_num_threads(),
         "method": METHOD,
+        **more,
     }
+
+
+def cached_decision(key: dict, measure: Callable[[], dict], cache_dir: str | os.PathLike | None = None) -> dict:
+    """The entry cached under ``key`` on this host, or ``measure()``'s (then cached, with ``key``).
+    Returns the entry plus ``cached``. A cache that cannot be read or written only costs a measurement."""
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) if cache_dir else default_cache_dir()
     cache = path / CACHE_FILE
@@ -190,16 +192,7 @@ def measured_dtype(purpose: str, model_key: str, shape: tuple[int, ...], n: int,
         entry = None
     if entry:
         return {**entry, "cached": True}
-    t = time.perf_counter()
-    chosen, times = pick_faster(seconds_of)
-    name = dtype_name(chosen)
-    why = (
-        f"{purpose} of {n}x{'x'.join(map(str, shape))} on {key['threads']} thread(s): "
-        + ", ".join(f"{d} {1000 * s:.2f} ms/image" for d, s in times.items())
-        + f"; bfloat16 is kept only when >{MARGIN:.0%} faster (measured in {time.perf_counter() - t:.1f}s)"
-    )
-    entry = {"dtype": name, "seconds_per_image": times, "why": why, "key": key}
-    log.info("precision auto -> %s (%s)", name, why)
+    entry = {**measure(), "key": key}
     try:
         path.mkdir(parents=True, exist_ok=True)
         try:
@@ -211,5 +204,29 @@ def measured_dtype(purpose: str, model_key: str, shape: tuple[int, ...], n: int,
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
         os.replace(tmp, cache)  # atomic: actors on one host may write at the same time
     except OSError as e:
-        log.warning("precision cache %s not written (%s): the next start measures again", cache, e)
+        log.warning("measurement cache %s not written (%s): the next start measures again", cache, e)
     return {**entry, "cached": False}
+
+
+def measured_dtype(purpose: str, model_key: str, shape: tuple[int, ...], n: int, seconds_of: Callable[[torch.dtype], float],
+                   cache_dir: str | os.PathLike | None = None) -> dict:
+    """The cached decision for this host, model and input, or a new measurement (then cached).
+
+    Returns ``{"dtype", "seconds_per_image": {dtype: s}, "why", "key", "cached"}``; ``purpose`` is
+    ``inference`` or ``training``.
+    """
+    key = host_key(purpose, model_key, shape, n)
+
+    def measure() -> dict:
+        t = time.perf_counter()
+        chosen, times = pick_faster(seconds_of)
+        name = dtype_name(chosen)
+        why = (
+            f"{purpose} of {n}x{'x'.join(map(str, shape))} on {key['threads']} thread(s): "
+            + ", ".join(f"{d} {1000 * s:.2f} ms/image" for d, s in times.items())
+            + f"; bfloat16 is kept only when >{MARGIN:.0%} faster (measured in {time.perf_counter() - t:.1f}s)"
+        )
+        log.info("precision auto -> %s (%s)", name, why)
+        return {"dtype": name, "seconds_per_image": times, "why": why}
+
+    return cached_decision(key, measure, cache_dir)
