@@ -84,6 +84,9 @@ def resolve_dtype(dtype: str, device: torch.device, setting: str = "predictor.dt
 def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     """``uint8 (C, h, w)`` on any device → ``(C, *image_size)`` by ``spec.fit``: the same boxes as
     :func:`images.fit_image` on the CPU decoder."""
+    from .models.tv import load as load_torchvision
+
+    load_torchvision()
     from torchvision.transforms.v2 import functional as F
 
     th, tw = spec.image_size
@@ -271,6 +274,9 @@ class Predictor:
         The same size check, EXIF orientation and channel conversion as the CPU decoder; an image
         the device decoder rejects (e.g. CMYK on nvJPEG) falls back to :func:`images.decode`.
         """
+        from .models.tv import load as load_torchvision
+
+        load_torchvision()
         from torchvision.io import ImageReadMode, decode_jpeg
         spec = self.spec
         mode = ImageReadMode.GRAY if spec.channels == 1 else ImageReadMode.RGB

@@ -62,7 +62,9 @@ def small_vgg(in_chans: int, width: int = 32, dropout2d: float = 0.1, stages: in
 
 def _torchvision(name: str) -> Callable[..., tuple[nn.Module, int]]:
     def build(in_chans: int, image_size: Sequence[int] = (224, 224), **_: Any) -> tuple[nn.Module, int]:
-        import torchvision
+        from .tv import load as load_torchvision
+
+        torchvision = load_torchvision()
 
         kwargs: dict[str, Any] = {}
         if name.startswith("vit_"):  # position embeddings are sized for the input: square, a multiple of the patch

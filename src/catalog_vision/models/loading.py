@@ -39,6 +39,9 @@ def load_backbone_state(model: ImageClassifier, state: Mapping[str, torch.Tensor
             state[k] = v.sum(dim=1, keepdim=True)
     pos = "encoder.pos_embedding"
     if pos in state and pos in target and state[pos].shape != target[pos].shape and hasattr(backbone, "patch_size"):
+        from .tv import load as load_torchvision
+
+        load_torchvision()
         from torchvision.models.vision_transformer import interpolate_embeddings
 
         state = dict(interpolate_embeddings(int(backbone.image_size), int(backbone.patch_size), state))

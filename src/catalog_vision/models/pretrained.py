@@ -84,7 +84,9 @@ def is_published(pretrained: Any) -> bool:
 
 
 def models_with_published_weights() -> list[str]:
-    import torchvision
+    from .tv import load as load_torchvision
+
+    torchvision = load_torchvision()
 
     from .factory import MODELS
 
@@ -100,7 +102,9 @@ def models_with_published_weights() -> list[str]:
 
 def published_weights(model_name: str, pretrained: str = IMAGENET) -> PublishedWeights:
     """The torchvision weights ``pretrained`` (``imagenet`` or ``imagenet:<ENUM>``) names for a model."""
-    import torchvision
+    from .tv import load as load_torchvision
+
+    torchvision = load_torchvision()
 
     from .factory import MODELS
 
