@@ -10,12 +10,17 @@ endpoint, except that it can answer an object GET with a fault first:
   ending with one of ``outage`` (a set), until ``outage`` is set back to ``None``.
 
 ``first_attempt_faults=False`` turns the first-attempt faults off (only ``deny`` and ``outage``).
+
+``hide_from_list`` (a set of key suffixes) drops those keys from every bucket listing
+(ListObjectsV2/ListObjects) the proxy passes on, while GET and HEAD still find them: an S3-compatible
+store whose LIST lags behind its writes. ``hidden`` counts the entries dropped.
 """
 
 from __future__ import annotations
 
 import hashlib
 import http.client
+import re
 import socket
 import struct
 import threading
@@ -33,7 +38,7 @@ _ERROR = """<?xml version="1.0" encoding="UTF-8"?>
 class FaultProxy:
     def __init__(
         self, upstream: str, *, fault_prefix: str, deny: set[str] = frozenset(), delay_s: float = 3.0, outage: bool | set[str] | None = None,
-        first_attempt_faults: bool = True,
+        first_attempt_faults: bool = True, hide_from_list: set[str] | None = None,
     ):
         self.upstream = urlsplit(upstream)
         self.fault_prefix = fault_prefix  # only object keys under this path get faults
@@ -41,6 +46,8 @@ class FaultProxy:
         self.delay_s = delay_s
         self.outage = outage
         self.first_attempt_faults = first_attempt_faults
+        self.hide_from_list = set(hide_from_list or ())
+        self.hidden = 0
         self.attempts: Counter = Counter()
         self.injected: Counter = Counter()
         self.lock = threading.Lock()
@@ -79,6 +86,8 @@ class FaultProxy:
                 conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+                if self.command == "GET" and proxy.hide_from_list and b"<ListBucketResult" in data[:500]:
+                    data = proxy.hide(data)
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -122,6 +131,25 @@ class FaultProxy:
             with self.lock:
                 self.injected[fault] += 1
         return fault
+
+    def hide(self, listing: bytes) -> bytes:
+        """A bucket listing without the entries whose key ends with one of ``hide_from_list``."""
+        hidden = tuple(self.hide_from_list)
+        dropped = 0
+
+        def keep(m: re.Match) -> bytes:
+            nonlocal dropped
+            key = re.search(rb"<Key>(.*?)</Key>", m.group(0), re.S).group(1).decode()
+            if key.endswith(hidden):
+                dropped += 1
+                return b""
+            return m.group(0)
+
+        out = re.sub(rb"<Contents>.*?</Contents>", keep, listing, flags=re.S)
+        out = re.sub(rb"<KeyCount>(\d+)</KeyCount>", lambda m: b"<KeyCount>%d</KeyCount>" % (int(m.group(1)) - dropped), out)
+        with self.lock:
+            self.hidden += dropped
+        return out
 
     def __enter__(self):
         self.thread.start()

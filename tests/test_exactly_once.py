@@ -211,3 +211,35 @@ def test_outage_then_rerun_labels_every_image_once(ray_local, s3_endpoint, s3_ca
     assert len(ids) == len(set(ids)) == N
     rows = read_predictions(table, cfg["storage"]).to_pylist()
     assert all(r["error"] is None and r["label"] for r in rows)
+
+
+@pytest.mark.slow
+def test_a_rerun_skips_files_a_lagging_listing_hides(ray_local, s3_endpoint, s3_catalog, random_checkpoint):
+    """A store whose LIST lags behind its writes (the proxy drops keys from ListObjectsV2; GET and
+    HEAD still find them): the run's commit record, ``_committed.json``, still tells the rerun
+    which images are done, so it labels none of them again."""
+    root = s3_catalog["root"]
+    with FaultProxy(s3_endpoint, fault_prefix="/no-faults/", first_attempt_faults=False) as proxy:
+        cfg = make_cfg("experiment=smoke", "storage=s3", f"paths.root={root}", f"paths.output={root}/lagging", f"storage.endpoint_url={proxy.url}",
+                       f"predictor.checkpoint={random_checkpoint}", "output.rows_per_file=20", "data.decode_batch_size=20", "predictor.batch_size=20")
+        storage = cfg["storage"]
+        table = table_dir(cfg["paths"]["predictions"], load(random_checkpoint).model_id, catalog_id(cfg["data"]))
+        first = backfill(cfg)
+        assert first["status"] == "succeeded" and first["counts"]["files"] == N // 20
+        files = committed_files(first["output"], storage)
+        record = st.read_json(st.join(first["output"], "_committed.json"), storage)
+        assert [f["name"] for f in record["files"]] == [f.rsplit("/", 1)[-1] for f in files]
+        fs, _ = st.resolve(table, storage)
+        assert [f["rows"] for f in record["files"]] == [pq.ParquetFile(fs.open(st.resolve(f, storage)[1])).metadata.num_rows for f in files]
+        hidden = {f.rsplit("/", 1)[-1] for f in files[:2]}
+        proxy.hide_from_list = hidden
+        listed = {f.rsplit("/", 1)[-1] for f in fs.find(st.resolve(table, storage)[1])}
+        assert not hidden & listed and "_committed.json" in listed  # the LIST lags: two committed files are missing from it
+        again = backfill(cfg)
+        assert proxy.hidden >= 2
+    c = again["counts"]
+    print(f"rerun behind a lagging listing: {c}")
+    assert again["status"] == "succeeded"
+    assert (c["skipped"], c["predicted"], c["errors"], c["model_rows"]) == (N, 0, 0, N)
+    ids = table_ids(table, {**storage, "endpoint_url": s3_endpoint})  # straight from the store, every key listed
+    assert len(ids) == len(set(ids)) == N

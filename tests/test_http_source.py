@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 import io
 import time
@@ -25,7 +26,8 @@ from httpfaults import FaultServer, Stats, self_signed, server_ssl_context
 
 # Generous timeouts: several test suites share this machine's two cores. Backoff is short but
 # long enough for the arrival gaps to show it.
-OPTS = dict(timeout=20, connect_timeout=10, retries=2, backoff=0.2, max_backoff=3, max_bytes=2**20)
+# The fault server is on 127.0.0.1: private hosts must be allowed explicitly (the default refuses them).
+OPTS = dict(timeout=20, connect_timeout=10, retries=2, backoff=0.2, max_backoff=3, max_bytes=2**20, allow_private_hosts=True)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,82 @@ def test_redirects_are_followed_only_where_the_uri_policy_allows(server, images)
     for k, why in {"redirect-metadata": "instance-metadata", "redirect-file": "not an http(s) URL", "redirect-loop": "redirects"}.items():
         assert type(got[k]) is RefusedURI and why in str(got[k]), (k, got[k])
         assert len(server.attempts(k, "img00.png")) == (http.MAX_REDIRECTS + 1 if k == "redirect-loop" else 1)  # final: not retried
+
+
+def test_private_hosts_are_refused_by_default(server, images):
+    """With the shipped config, a URL whose host is, or resolves to, a loopback address is a
+    RefusedURI row and no request reaches the server; allow_private_hosts=true fetches them."""
+    default = http.options(make_cfg("storage=local")["storage"])
+    assert default.allow_private_hosts is False
+    urls = [server.url("ok", "img00.png"), server.url("ok", "img01.png").replace("127.0.0.1", "localhost"),  # a literal IP; a DNS name
+            server.url("redirect", "img02.png")]
+    got = http.fetch_many(urls, default)
+    assert [type(g) for g in got] == [RefusedURI] * 3, got
+    assert "connects to 127.0.0.1, a loopback address" in str(got[0]) and "host 'localhost' resolves to" in str(got[1])
+    assert "storage.http.allow_private_hosts=true" in str(got[0])
+    assert dict(server.arrivals) == {}  # refused before connecting
+    assert http.fetch_many(urls, dataclasses.replace(default, allow_private_hosts=True)) == [images["img00.png"], images["img01.png"], images["img02.png"]]
+
+
+@pytest.mark.parametrize("address, refused", [
+    ("8.8.8.8", None), ("2606:4700::1111", None),
+    ("127.0.0.1", "loopback"), ("::1", "loopback"), ("::ffff:127.0.0.1", "loopback"), ("10.1.2.3", "private"), ("172.16.0.1", "private"),
+    ("192.168.1.1", "private"), ("fd12::1", "private"), ("0.0.0.0", "private"), ("100.64.0.1", "private"),
+    ("169.254.169.254", "metadata"), ("fe80::1%eth0", "metadata"), ("fd00:ec2::254", "metadata"), ("100.100.100.200", "metadata"),
+])
+def test_address_rules(address, refused):
+    from catalog_vision.storage.hosts import address_refusal
+
+    strict, relaxed = address_refusal(address, False), address_refusal(address, True)
+    if refused is None:
+        assert strict is None and relaxed is None
+    else:
+        assert refused.replace("metadata", "instance-metadata") in strict
+        assert (relaxed is not None) == (refused == "metadata")  # link-local and metadata stay refused when private hosts are allowed
+
+
+class NamesResolver:
+    """DNS answers the tests cannot get from a real DNS server on loopback: ``names`` maps a host
+    name to its addresses; ``lookups`` records each query."""
+
+    def __init__(self, names: dict[str, list[str]]):
+        self.names, self.lookups = names, []
+
+    async def resolve(self, host, port=0, family=0):
+        import socket
+
+        self.lookups.append(host)
+        return [{"hostname": host, "host": a, "port": port, "family": socket.AF_INET6 if ":" in a else socket.AF_INET, "proto": 0, "flags": 0}
+                for a in self.names[host]]
+
+    async def close(self):
+        pass
+
+
+def fetch_with_resolver(urls: list[str], o: http.HttpOptions, resolver) -> list:
+    async def run():
+        client = http._Client(o, resolver=resolver)
+        try:
+            return await asyncio.gather(*(http._fetch_one(client, u, o) for u in urls))
+        finally:
+            await client.session.close()
+
+    return asyncio.run_coroutine_threadsafe(run(), http._loop()).result(timeout=60)
+
+
+def test_the_checked_address_is_the_one_connected_to(server, images):
+    """The check runs on the resolver's answer and the connection goes to that answer: a made-up
+    name resolving to 127.0.0.1 reaches the fault server when private hosts are allowed (so no
+    second lookup could lead elsewhere), and a name resolving to the metadata address is refused
+    even then; mixed answers keep only the allowed addresses."""
+    names = {"cdn.shop.test": ["127.0.0.1"], "meta.shop.test": ["169.254.169.254"], "mixed.shop.test": ["169.254.169.254", "127.0.0.1"]}
+    urls = [server.url("ok", n).replace("127.0.0.1", h) for n, h in [("img00.png", "cdn.shop.test"), ("img01.png", "meta.shop.test"), ("img02.png", "mixed.shop.test")]]
+    allowed = fetch_with_resolver(urls, opts(retries=0), NamesResolver(names))
+    assert allowed[0] == images["img00.png"] and allowed[2] == images["img02.png"]
+    assert type(allowed[1]) is RefusedURI and "resolves to 169.254.169.254, a link-local or instance-metadata address" in str(allowed[1])
+    strict = fetch_with_resolver(urls, opts(retries=0, allow_private_hosts=False), NamesResolver(names))
+    assert [type(g) for g in strict] == [RefusedURI] * 3 and "resolves to 127.0.0.1, a loopback address" in str(strict[0])
+    assert len(server.attempts("ok", "img00.png")) == 1 and not server.attempts("ok", "img01.png")
 
 
 def test_a_stall_times_out_and_is_retried(images):
@@ -284,6 +362,7 @@ def test_backfill_over_http_with_faults(ray_local, random_checkpoint, images, tm
             "storage.http.retries=2",
             "storage.http.backoff=0.2",
             "storage.http.max_bytes=1048576",
+            "storage.http.allow_private_hosts=true",  # the server is on 127.0.0.1
         )
         with pytest.raises(BackfillFailed, match="run again") as incomplete:
             backfill(cfg)

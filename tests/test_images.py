@@ -203,3 +203,23 @@ def test_an_undocumented_decoder_failure_is_a_final_error_row(monkeypatch):
         decode(data, Preprocessing(image_size=(16, 16), channels=3, mean=(0.5,) * 3, std=(0.5,) * 3))
     row = error_string(info.value)
     assert row.startswith("DecodeError: KeyError: 274") and not is_retryable(row)
+
+
+def test_decode_closes_the_images_it_opens(monkeypatch):
+    """A multi-frame image keeps its stream open after load(); decode closes every image it opened,
+    also when it refuses one. (A spy on Image.open: the stream's state is not observable otherwise.)"""
+    opened = []
+    real_open = Image.open
+
+    def spy(*args, **kwargs):
+        opened.append(real_open(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(Image, "open", spy)
+    frames = [Image.fromarray(np.full((28, 28), v, np.uint8)) for v in (10, 200)]
+    gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    out = decode(gif, GRAY)
+    assert abs(int(out[0, 0, 0]) - 10) <= 1  # the first frame
+    with pytest.raises(ImageTooLarge):
+        decode(encode(Image.new("L", (300, 300)), "PNG"), Preprocessing(image_size=(28, 28), channels=1, mean=(0.5,), std=(0.5,), max_pixels=1000))
+    assert len(opened) == 2 and all(im.fp is None for im in opened), [im.fp for im in opened]

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 
 from catalog_vision.backfill import backfill
 from catalog_vision.backfill import check_predictor, effective_predictor
-from catalog_vision.data import fetch_and_decode
+from catalog_vision.data import encoded_budget, fetch_and_decode
 from catalog_vision.infer import Predictor
 from conftest import make_cfg
 
@@ -85,6 +86,65 @@ def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoin
     assert [r["error"] is None for r in a] == [r["error"] is None for r in b]
     assert [r["label"] for r in a] == [r["label"] for r in b]
     assert [r["error"].split(":")[0] for r in b if r["error"]] == ["TruncatedImage"]
+
+
+def test_deferred_jpegs_ship_within_a_byte_budget_and_without_pixel_arrays(random_checkpoint, tmp_path):
+    """With jpeg_decode_on_device a decode block passes on at most its byte budget of JPEGs (the
+    rest of the block decodes on CPU), and a deferred row carries its JPEG bytes only, no pixel array."""
+    rng = np.random.default_rng(1)
+    files = {f"noise{i}": jpeg(Image.fromarray(rng.integers(0, 255, (384, 384, 3), dtype=np.uint8))) for i in range(8)}  # noise: big JPEGs
+    uris = []
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+        uris.append(str(tmp_path / name))
+    batch = {"image_id": np.array(list(files), dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * len(files), dtype=object)}
+    predictor = Predictor(random_checkpoint, device="cpu", dtype="float32")
+    spec = predictor.loaded.preprocessing
+    shape = tuple(predictor.spec.shape)
+    sizes = [len(b) for b in files.values()]
+    budget = sum(sizes[:3]) + sizes[3] // 2  # room for three of them
+
+    on_cpu = fetch_and_decode(batch, spec)
+    deferred = fetch_and_decode(batch, spec, defer_jpeg=True, encoded_budget=budget)
+    assert "pixels" not in deferred
+    sent = [len(b) for b in deferred["encoded"]]
+    assert sent == sizes[:3] + [0] * 5 and sum(sent) <= budget
+    assert [len(b) for b in deferred["decoded"]] == [0] * 3 + [int(np.prod(shape))] * 5
+    for i in range(3, 8):  # decoded on CPU: the CPU path's pixels, as bytes
+        np.testing.assert_array_equal(np.frombuffer(deferred["decoded"][i], np.uint8).reshape(shape), on_cpu["pixels"][i])
+    shipped = sum(sent) + sum(len(b) for b in deferred["decoded"])
+    print(f"\n8 JPEGs of {sum(sizes)} bytes, budget {budget}: {shipped} bytes shipped (pixels column before: {on_cpu['pixels'].nbytes} + all JPEGs)")
+    a, b = predictor(on_cpu).to_pylist(), predictor(deferred).to_pylist()
+    assert all(r["error"] is None for r in a + b)
+    assert [r["label"] for r in a[3:]] == [r["label"] for r in b[3:]]
+    np.testing.assert_allclose([r["score"] for r in a[3:]], [r["score"] for r in b[3:]], atol=1e-5)
+    with pytest.raises(ValueError, match="data.encoded_block_mb=0"):
+        encoded_budget({"encoded_block_mb": 0})
+    assert encoded_budget(make_cfg("experiment=smoke")["data"]) == 32 * 2**20
+
+
+def test_deferred_decode_through_ray_data_gives_the_cpu_rows(ray_local, local_catalog, random_checkpoint, tmp_path):
+    """A backfill of JPEGs with decode in tasks and jpeg_decode_on_device, with a budget small
+    enough that each block defers some JPEGs and decodes the rest on CPU: the CPU path's rows."""
+    manifest = pq.read_table(local_catalog["cfg"]["data"]["manifest"]).slice(0, 48)
+    base = Path(local_catalog["cfg"]["data"]["manifest"]).parent
+    (tmp_path / "jpg").mkdir()
+    uris = []
+    for i, u in enumerate(manifest.column("uri").to_pylist()):
+        path = tmp_path / "jpg" / f"{i}.jpg"
+        path.write_bytes(jpeg(Image.open(u if u.startswith("/") else base / u)))
+        uris.append(str(path))
+    manifest = manifest.set_column(manifest.column_names.index("uri"), "uri", pa.array(uris))
+    pq.write_table(manifest, tmp_path / "manifest.parquet")
+    common = ["experiment=smoke", f"data.manifest={tmp_path / 'manifest.parquet'}", "data.split=null", f"predictor.checkpoint={random_checkpoint}",
+              "predictor.decode_in=tasks", "data.decode_batch_size=16"]
+    budget_mb = 4 * np.mean([Path(u).stat().st_size for u in uris]) / 2**20  # about 4 of a block's 16 JPEGs deferred
+    deferred = backfill(make_cfg(*common, "predictor.jpeg_decode_on_device=true", f"data.encoded_block_mb={budget_mb:.6f}", f"paths.output={tmp_path}/a"))
+    cpu = backfill(make_cfg(*common, f"paths.output={tmp_path}/b"))
+    ta, tb = (pq.read_table(r["output"]).sort_by("image_id") for r in (deferred, cpu))
+    assert ta.num_rows == tb.num_rows == 48 and ta.column("error").null_count == 48
+    assert ta.column("label").to_pylist() == tb.column("label").to_pylist()
+    np.testing.assert_allclose(ta.column("score").to_numpy(), tb.column("score").to_numpy(), atol=1e-4)
 
 
 def test_gpu_config_falls_back_to_cpu_without_gpus(ray_local, local_catalog, random_checkpoint, tmp_path):

@@ -61,7 +61,8 @@ def test_no_secrets_in_job_outputs(local_catalog, random_checkpoint, tmp_path):
     manifest = tmp_path / "manifest.parquet"
     pq.write_table(pa.concat_tables([rows, extra]), manifest)
     common = ["experiment=smoke", f"paths.root={tmp_path / 'run'}", f"data.manifest={manifest}", "+storage.aws_secret_access_key=PLANTED-OVERRIDE-SECRET",
-              "storage.http.retries=0", f"predictor.checkpoint={random_checkpoint}", f"evaluate.checkpoint={random_checkpoint}"]
+              "storage.http.retries=0",
+              "storage.http.allow_private_hosts=true", f"predictor.checkpoint={random_checkpoint}", f"evaluate.checkpoint={random_checkpoint}"]
     jobs = [
         ["jobs/backfill.py", *common, "data.split=null", f"hydra.run.dir={tmp_path / 'run' / 'hydra-backfill'}"],
         ["jobs/evaluate.py", *common, "evaluate.source=predictions", f"hydra.run.dir={tmp_path / 'run' / 'hydra-evaluate'}"],

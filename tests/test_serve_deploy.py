@@ -71,7 +71,8 @@ def test_deploy_config_is_valid_for_serve_and_names_the_package_builder(clean_en
 
 
 def test_rayservice_carries_the_same_serve_config(clean_env):
-    manifest = yaml.safe_load(RAYSERVICE.read_text())
+    manifest, policy = yaml.safe_load_all(RAYSERVICE.read_text())
+    assert policy["kind"] == "NetworkPolicy"
     assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == "RayService"
     serve_config = yaml.safe_load(manifest["spec"]["serveConfigV2"])
     validate(serve_config)

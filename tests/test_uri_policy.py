@@ -29,6 +29,10 @@ def test_policy_rules():
     assert "scheme 'ftp'" in why("ftp://host/x.png") and "scheme 'gs'" in why("gs://b/x.png")
     assert "local path in a manifest in object storage" in why("/root/.aws/credentials", m_s3)
     assert why("s3://shop/cat/images/a.jpg", m_s3) is None
+    # data.uri_prefixes unset: a manifest in object storage names objects in its own bucket only; [] lifts that.
+    assert "outside the manifest's bucket s3://shop/" in why("s3://other-bucket/a.jpg", m_s3) and why("s3://shop/elsewhere/a.jpg", m_s3) is None
+    assert why("s3://other-bucket/a.jpg", m_s3, prefixes=[]) is None and why("https://cdn.shop.test/p.jpg", m_s3) is None
+    assert why("s3://other-bucket/a.jpg") is None  # a local manifest: no bucket of its own to default to
     assert "instance-metadata" in why("http://169.254.169.254/latest/meta-data/iam/security-credentials/role")
     assert "instance-metadata" in why("http://[fd00:ec2::254]/latest/meta-data/") and "instance-metadata" in why("http://metadata.google.internal/x")
     shop = ["s3://shop/cat/", "https://cdn.shop.test/"]

@@ -31,7 +31,7 @@ from .outcome import BackfillFailed, TooManyErrors, find_cause, run_status
 from .tables import catalog_id, table_dir
 from .data import decode_catalog, rows_per_block, to_dataset
 from .plan import count_files, error_classes, plan_run
-from .sink import commit_batch, committed_files, remove_stale_temp_files
+from .sink import commit_batch, committed_files, remove_stale_temp_files, write_commit_record
 from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
 from .storage.shared import check_shared
@@ -174,6 +174,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     precision_reports = collect_reports(st.join(out, PRECISION_REPORTS), storage)
 
     files = [r["file"] for r in receipts if r["file"]]
+    write_commit_record(out, receipts, storage)  # before _run.json: the next plan trusts it over a lagging LIST
     this_run = count_files(files, storage)
     dead_letter = write_dead_letter(files, st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage) if this_run["errors"] else None
     total = count_files(committed_files(model_dir, storage), storage, restrict_to=ids)

@@ -76,6 +76,22 @@ def rows_per_block(data: Mapping[str, Any], preprocessing: Mapping[str, Any]) ->
     return max(1, min(int(data.get("decode_batch_size", 256)), max(8, by_bytes)))
 
 
+# JPEG bytes one decode block may pass on to the predictor for device decoding (MiB) unless
+# data.encoded_block_mb says otherwise: further JPEGs in that block decode on CPU.
+ENCODED_BLOCK_MB = 32
+
+
+def encoded_budget(data: Mapping[str, Any]) -> int:
+    """``data.encoded_block_mb`` in bytes: with ``jpeg_decode_on_device``, what a decode block ships
+    to the predictor as encoded JPEGs at most (blocks are otherwise sized by decoded pixels, and a
+    manifest's JPEGs can be up to ``storage.max_object_bytes`` each)."""
+    v = data.get("encoded_block_mb")
+    v = ENCODED_BLOCK_MB if v is None else v
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+        raise ValueError(f"data.encoded_block_mb={v!r}; give a positive number of MiB")
+    return int(float(v) * 2**20)
+
+
 def _decode_memory(data: Mapping[str, Any]) -> float:
     return float(data.get("decode_memory_mb") or DECODE_MEMORY_MB) * 2**20
 
@@ -287,19 +303,40 @@ def _storage_error(exc: BaseException, path: str) -> ImageError:
     return ReadError(f"{path}: {type(exc).__name__}: {code + ': ' if code else ''}{exc}")
 
 
-def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, defer_jpeg: bool = False) -> dict[str, np.ndarray]:
+class _Deferred:
+    """``defer_jpeg`` output: per row either the JPEG's bytes (``encoded``, for the predictor's
+    device) or the CPU-decoded pixels' bytes (``decoded``); never a pixel array for a deferred row.
+    At most ``budget`` bytes of JPEGs are deferred per call; later JPEGs decode on CPU."""
+
+    def __init__(self, n: int, budget: int):
+        self.encoded = np.full(n, b"", dtype=object)
+        self.decoded = np.full(n, b"", dtype=object)
+        self.left = budget
+
+    def put(self, i: int, data: bytes, spec: Preprocessing) -> None:
+        if len(data) <= self.left and is_plain_jpeg(data, spec):
+            self.encoded[i] = data
+            self.left -= len(data)
+        else:
+            self.decoded[i] = decode(data, spec).tobytes()
+
+
+def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, Any], storage: Mapping[str, Any] | None = None, defer_jpeg: bool = False,
+                     encoded_budget: int = ENCODED_BLOCK_MB * 2**20) -> dict[str, np.ndarray]:
     """``image_id, uri, label`` → ``image_id, uri, label, pixels (N,C,H,W uint8), error``.
 
     The bytes never leave this function: only decoded, resized pixels move downstream. With
     ``defer_jpeg`` (GPU JPEG decode), baseline RGB/grayscale JPEGs that pass the size check are not
-    decoded here: their bytes go on in an ``encoded`` column for the predictor's device to decode.
+    decoded here, up to ``encoded_budget`` bytes of them: their bytes go on in an ``encoded``
+    column for the predictor's device to decode. The other rows' pixels go on as bytes in a
+    ``decoded`` column (``pixels`` is then absent: no zero arrays are made or shipped for deferred rows).
     """
     spec = Preprocessing.from_dict(preprocessing)
     uris = [str(u) for u in batch["uri"]]
     n = len(uris)
-    pixels = np.zeros((n, *spec.shape), dtype=np.uint8)
+    deferred = _Deferred(n, encoded_budget) if defer_jpeg else None
+    pixels = None if defer_jpeg else np.zeros((n, *spec.shape), dtype=np.uint8)
     errors = np.empty(n, dtype=object)
-    encoded = np.full(n, b"", dtype=object)
     # Group by scheme so a mixed manifest (local + s3) still fetches in bulk.
     by_scheme: dict[str, list[int]] = {}
     for i, u in enumerate(uris):
@@ -319,8 +356,8 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
                 errors[i] = error_string(data)
                 continue
             try:
-                if defer_jpeg and is_plain_jpeg(data, spec):
-                    encoded[i] = data
+                if deferred is not None:
+                    deferred.put(i, data, spec)
                 else:
                     pixels[i] = decode(data, spec)
                 errors[i] = None
@@ -332,15 +369,16 @@ def fetch_and_decode(batch: dict[str, np.ndarray], preprocessing: Mapping[str, A
         "image_id": np.asarray(batch["image_id"], dtype=object),
         "uri": np.asarray(uris, dtype=object),
         "label": np.asarray(batch["label"], dtype=object),
-        "pixels": pixels,
         "error": errors,
     }
+    if deferred is not None:
+        out["encoded"], out["decoded"] = deferred.encoded, deferred.decoded
+    else:
+        out["pixels"] = pixels
     if "labels" in batch:  # multi-label catalogs; plain lists of str so Arrow stores list<string>
         lists = [None if v is None else [str(c) for c in v] for v in batch["labels"]]
         out["labels"] = np.empty(n, dtype=object)
         out["labels"][:] = lists
-    if defer_jpeg:
-        out["encoded"] = encoded
     return out
 
 
@@ -361,7 +399,7 @@ def decode_catalog(ds, data: Mapping[str, Any], preprocessing: Mapping[str, Any]
     batch_size = rows_per_block(data, preprocessing)
     return ds.map_batches(
         fetch_and_decode,
-        fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {}), "defer_jpeg": bool(defer_jpeg)},
+        fn_kwargs={"preprocessing": dict(preprocessing), "storage": dict(storage or {}), "defer_jpeg": bool(defer_jpeg), "encoded_budget": encoded_budget(data)},
         batch_size=batch_size,
         batch_format="numpy",
         memory=_decode_memory(data),

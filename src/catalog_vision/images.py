@@ -145,36 +145,37 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
         raise ImageTooLarge(str(e)) from None
     except Exception as e:  # PIL raises UnidentifiedImageError, but also SyntaxError, ValueError, ...
         raise NotAnImage(f"cannot identify image ({type(e).__name__}: {e})") from None
-    w, h = im.size
-    if w * h > spec.max_pixels:
-        raise ImageTooLarge(f"{w}x{h}={w * h} pixels exceeds max_pixels={spec.max_pixels}")
-    try:
-        im.seek(0)  # animated formats: first frame
-        if im.format == "JPEG":
-            # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling) when the image is at least
-            # twice the target (README "Benchmarks" has what it saves on photos). The
-            # result is never smaller than the target (either orientation), and resize does the rest.
-            side = max(spec.image_size)
-            if min(w, h) >= 2 * side:
-                im.draft(None, (side, side))
-        im.load()
-        # EXIF orientation. JPEG, PNG and WebP put their EXIF block in ``info``: without one there is
-        # nothing to apply, and the parse is skipped.
-        if im.format not in _EXIF_IN_INFO or "exif" in im.info:
-            im = ImageOps.exif_transpose(im)
-        im = _to_mode(im, spec.channels)
-        im = fit_image(im, spec)
-        arr = np.asarray(im, dtype=np.uint8)
-    except OSError as e:
-        if "truncated" in str(e).lower() or "broken data stream" in str(e).lower():
-            raise TruncatedImage(str(e)) from None
-        raise NotAnImage(f"{type(e).__name__}: {e}") from None
-    except (ValueError, SyntaxError, EOFError) as e:
-        raise NotAnImage(f"{type(e).__name__}: {e}") from None
-    except ImageError:
-        raise
-    except Exception as e:  # a decoder bug on these bytes: an error row, and the same on every run
-        raise DecodeError(f"{type(e).__name__}: {e}") from None
+    with im:  # closes the source (multi-frame images keep their stream open until then)
+        w, h = im.size
+        if w * h > spec.max_pixels:
+            raise ImageTooLarge(f"{w}x{h}={w * h} pixels exceeds max_pixels={spec.max_pixels}")
+        try:
+            im.seek(0)  # animated formats: first frame
+            if im.format == "JPEG":
+                # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling) when the image is at least
+                # twice the target (README "Benchmarks" has what it saves on photos). The
+                # result is never smaller than the target (either orientation), and resize does the rest.
+                side = max(spec.image_size)
+                if min(w, h) >= 2 * side:
+                    im.draft(None, (side, side))
+            im.load()
+            # EXIF orientation. JPEG, PNG and WebP put their EXIF block in ``info``: without one there is
+            # nothing to apply, and the parse is skipped.
+            if im.format not in _EXIF_IN_INFO or "exif" in im.info:
+                im = ImageOps.exif_transpose(im)
+            im = _to_mode(im, spec.channels)
+            im = fit_image(im, spec)
+            arr = np.asarray(im, dtype=np.uint8)
+        except OSError as e:
+            if "truncated" in str(e).lower() or "broken data stream" in str(e).lower():
+                raise TruncatedImage(str(e)) from None
+            raise NotAnImage(f"{type(e).__name__}: {e}") from None
+        except (ValueError, SyntaxError, EOFError) as e:
+            raise NotAnImage(f"{type(e).__name__}: {e}") from None
+        except ImageError:
+            raise
+        except Exception as e:  # a decoder bug on these bytes: an error row, and the same on every run
+            raise DecodeError(f"{type(e).__name__}: {e}") from None
     if arr.ndim == 2:
         arr = arr[None]
     else:

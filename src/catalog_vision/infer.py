@@ -358,15 +358,26 @@ class Predictor:
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         if self.fetch_decode:
             batch = fetch_and_decode(batch, self.loaded.preprocessing, self.storage, defer_jpeg=self.defer_jpeg)
-        pixels, errors = batch["pixels"], batch["error"]
-        encoded = batch.get("encoded")
-        if encoded is not None:
-            todo = [i for i, b in enumerate(encoded) if isinstance(b, (bytes, bytearray)) and len(b) and not is_error(errors[i])]
-            if todo:
-                decoded, errs = self.decode_jpegs([encoded[i] for i in todo])
-                pixels = self._to_device(pixels)
-                errors = np.array(errors, dtype=object)
-                pixels[torch.as_tensor(todo, device=pixels.device)] = decoded
-                for i, e in zip(todo, errs):
-                    errors[i] = e
+        if "encoded" in batch:
+            pixels, errors = self.assemble(batch["encoded"], batch["decoded"], batch["error"])
+        else:
+            pixels, errors = batch["pixels"], batch["error"]
         return self.predict_table(batch["image_id"], batch["uri"], pixels, errors)
+
+    def assemble(self, encoded, decoded, errors) -> tuple[torch.Tensor, np.ndarray]:
+        """A ``defer_jpeg`` batch's pixels, made on the predictor's device: CPU-decoded rows from
+        their ``decoded`` bytes, deferred JPEGs decoded there (:meth:`decode_jpegs`)."""
+        spec, errors = self.spec, np.array(errors, dtype=object)
+        pixels = torch.zeros((len(errors), *spec.shape), dtype=torch.uint8, device=self.device)
+        ok = [i for i in range(len(errors)) if not is_error(errors[i])]
+        cpu = [i for i in ok if len(decoded[i])]
+        if cpu:
+            rows = np.stack([np.frombuffer(decoded[i], dtype=np.uint8).reshape(spec.shape) for i in cpu])
+            pixels[torch.as_tensor(cpu, device=pixels.device)] = self._to_device(rows)
+        todo = [i for i in ok if not len(decoded[i]) and len(encoded[i])]
+        if todo:
+            images, errs = self.decode_jpegs([bytes(encoded[i]) for i in todo])
+            pixels[torch.as_tensor(todo, device=pixels.device)] = images
+            for i, e in zip(todo, errs):
+                errors[i] = e
+        return pixels, errors

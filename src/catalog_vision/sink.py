@@ -10,12 +10,20 @@ the batch's sorted ``image_id`` values, and makes it visible atomically:
 So a reader globbing ``*.parquet`` never sees a partial file; a retried task rewrites the same name
 (no duplicate rows); and a run killed at any point leaves only whole files, whose ``image_id``\\ s a
 rerun reads back and skips (:func:`committed_ids`). Rerunning therefore finishes only the remainder.
+
+A finished pipeline also writes a commit record, ``<run>/_committed.json`` (:func:`write_commit_record`:
+each file's name and row count), before the run manifest. :func:`committed_files` is the union of a
+LIST and those records, so a store whose LIST lags behind its writes (some S3-compatible gateways,
+Ceph RGW multisite) cannot hide a committed file from the next run's plan: a name the LIST lacks is
+checked with a HEAD.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import logging
 import os
 import time
 from typing import Any, Mapping
@@ -29,7 +37,10 @@ from . import storage as st
 from .outcome import TooManyErrors, is_retryable
 
 
+log = logging.getLogger("catalog_vision")
+
 TEMP_SUFFIX = st.TEMP_SUFFIX
+COMMIT_RECORD = "_committed.json"
 # output.max_error_fraction is checked on batches of at least this many rows (a run's short last
 # file of a few rows says little about the storage or the decoder).
 MIN_ROWS_FOR_ERROR_CHECK = 20
@@ -94,13 +105,43 @@ def _receipt(uri: str | None, rows: int, errors: int, retry_later: int, sample: 
     })
 
 
+def write_commit_record(run_dir: str, receipts: list[Mapping[str, Any]], storage: Mapping[str, Any] | None = None) -> str | None:
+    """``<run_dir>/_committed.json``: the Parquet files the run committed (names relative to the
+    run's folder) and their row counts. None when the run committed nothing."""
+    files = sorted(({"name": r["file"].rsplit("/", 1)[-1], "rows": int(r["rows"])} for r in receipts if r.get("file")), key=lambda f: f["name"])
+    if not files:
+        return None
+    uri = st.join(run_dir, COMMIT_RECORD)
+    st.write_json(uri, {"files": files, "rows": sum(f["rows"] for f in files)}, storage)
+    return uri
+
+
 def committed_files(root: str, storage: Mapping[str, Any] | None = None) -> list[str]:
-    """URIs of the committed Parquet files under ``root`` (temp files never match)."""
+    """URIs of the committed Parquet files under ``root`` (temp files never match): those the LIST
+    shows, and those the commit records under ``root`` name that the LIST lacks but a HEAD finds."""
     fs, path = st.resolve(root, storage)
     if not fs.exists(path):
         return []
     scheme = root.split("://", 1)[0] + "://" if st.is_remote(root) else ""
-    return sorted(scheme + f for f in fs.find(path) if f.endswith(".parquet") and not os.path.basename(f).startswith("."))
+    listed = fs.find(path)
+    found = {f for f in listed if f.endswith(".parquet") and not os.path.basename(f).startswith(".")}
+    for record in (f for f in listed if os.path.basename(f) == COMMIT_RECORD):
+        folder = record.rsplit("/", 1)[0]
+        for entry in json.loads(fs.cat_file(record))["files"]:
+            name = f"{folder}/{entry['name']}"
+            if name not in found and _exists_now(fs, name):
+                log.info("committed file %s is in %s but not in the listing (a lagging LIST)", name, record)
+                found.add(name)
+    return sorted(scheme + f for f in found)
+
+
+def _exists_now(fs, path: str) -> bool:
+    """A HEAD past any cached listing (s3fs answers ``info`` from a cached parent listing)."""
+    fs.invalidate_cache(path)
+    try:
+        return fs.info(path).get("type") == "file"
+    except FileNotFoundError:
+        return False
 
 
 def committed_ids(root: str, storage: Mapping[str, Any] | None = None) -> pa.Array:

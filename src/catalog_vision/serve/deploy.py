@@ -69,7 +69,9 @@ def render(config: Mapping[str, Any], command: str) -> str:
         "# Ray Serve config for `serve deploy` (and RayService serveConfigV2). GENERATED: do not edit by hand.\n"
         f"# Regenerate (tests/test_serve_deploy.py fails while this file differs from the output of):\n#   {command}\n"
         "#\n"
-        "# Deploy or roll out a new checkpoint on a running cluster (dashboard at :8265):\n"
+        "# Deploy or roll out a new checkpoint on a running cluster (dashboard at :8265; token auth: the\n"
+        "# cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN, README \"On a cluster\"):\n"
+        "#   export RAY_AUTH_MODE=token\n"
         "#   serve deploy cluster/serve-deploy.yaml -a http://<head>:8265\n"
         "#   serve status -a http://<head>:8265\n"
     )

@@ -128,6 +128,22 @@ def write_local_atomic(path: str, data: bytes | memoryview) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a rename in ``folder`` durable: POSIX keeps the new directory entry in memory until the
+    directory itself is fsynced, so a power loss could otherwise bring back the old file (or none)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return  # no directory handles here (e.g. Windows): nothing more to do
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory; the data itself is already synced
+    finally:
+        os.close(fd)
 
 
 def write_json(uri: str, obj: Any, storage: Mapping[str, Any] | None = None) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from ..images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError, RefusedURI
+from .hosts import PrivateHost, check_url, guarded_resolver
 
 # 408 and 429 say "later"; 5xx are the server's or a proxy's trouble. Other 4xx will not change.
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
@@ -50,6 +51,7 @@ class HttpOptions:
     max_bytes: int = 50 * 2**20
     user_agent: str = "catalog-vision/0.1"
     ca_file: str | None = None
+    allow_private_hosts: bool = False
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "HttpOptions":
@@ -66,6 +68,8 @@ class HttpOptions:
             kind = str if name == "ca_file" else type(getattr(cls, name))
             if kind is str:
                 ok, want = isinstance(value, str), "a string"
+            elif kind is bool:
+                ok, want = isinstance(value, bool), "true or false"
             elif kind is int:
                 ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
             else:
@@ -160,7 +164,7 @@ class _Client:
     queued behind 16 connections would time out requests that were never sent.
     """
 
-    def __init__(self, opts: HttpOptions):
+    def __init__(self, opts: HttpOptions, resolver=None):
         import aiohttp
 
         ctx: ssl.SSLContext | bool = True
@@ -169,7 +173,10 @@ class _Client:
             ctx = ssl.create_default_context()
             ctx.load_verify_locations(cafile=opts.ca_file)
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=opts.max_concurrency, limit_per_host=opts.per_host_concurrency, ssl=ctx),
+            # The resolver refuses private and metadata addresses, and the connector connects only to
+            # the addresses it returned: the check holds for the connection (storage/hosts.py).
+            connector=aiohttp.TCPConnector(limit=opts.max_concurrency, limit_per_host=opts.per_host_concurrency, ssl=ctx,
+                                           resolver=guarded_resolver(opts.allow_private_hosts, resolver)),
             # identity: image bytes reach the decoder as stored, never a gzip bomb unpacked here.
             headers={"User-Agent": opts.user_agent, "Accept-Encoding": "identity"},
             timeout=aiohttp.ClientTimeout(total=opts.timeout, sock_connect=opts.connect_timeout),
@@ -230,6 +237,8 @@ async def _fetch_one(client: _Client, url: str, opts: HttpOptions) -> bytes | Im
                 return await _attempt(client.session, url, where, opts)
         except ImageError as e:
             return e
+        except PrivateHost as e:
+            return RefusedURI(f"{where}: {e}")
         except _Retry as e:
             reason, server_wait = e.reason, e.wait
         except (asyncio.TimeoutError, TimeoutError):
@@ -288,6 +297,10 @@ def redirect_target(url: str, location: str | None, hops: int) -> str:
 
 async def _attempt(session, url: str, where: str, opts: HttpOptions) -> bytes:
     for hops in range(MAX_REDIRECTS + 1):
+        try:
+            check_url(url, opts.allow_private_hosts)  # literal IPs: no resolver sees them
+        except RefusedURI as e:
+            raise RefusedURI(f"{where}: {e}" if not hops else f"{where}: redirects to {safe_url(url)!r}: {e}") from None
         async with session.get(url, allow_redirects=False) as resp:
             if resp.status in REDIRECTS:
                 url = redirect_target(url, resp.headers.get("Location"), hops)

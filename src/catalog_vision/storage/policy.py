@@ -9,9 +9,12 @@ Rules, applied on the driver before any fetch; a refused row becomes an error ro
 * a relative URI, resolved against the manifest's folder, stays inside it (no ``..`` escapes);
 * a manifest in object storage names no local files;
 * http(s) URIs name no link-local or instance-metadata host (``169.254.0.0/16``, ``fd00:ec2::254``,
-  ``metadata.google.internal``);
+  ``metadata.google.internal``) as written; where the name resolves to is checked again when the
+  fetch connects (:mod:`.hosts`: also loopback and private addresses, unless
+  ``storage.http.allow_private_hosts``);
 * with ``data.uri_prefixes`` set, the URI (with ``..`` and ``.`` segments resolved) starts with one
-  of them.
+  of them; left null, a manifest in object storage may name objects in its own bucket only (other
+  schemes, e.g. CDN URLs, are not restricted by it); ``[]`` lifts every prefix rule.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .hosts import METADATA_ADDRESSES
 from .secrets import redact_url
 
 DEFAULT_SCHEMES = ("s3", "https", "http", "file")
@@ -59,7 +63,16 @@ def _metadata_host(uri: str) -> bool:
         ip = ipaddress.ip_address(host)
     except ValueError:
         return False
-    return ip.is_link_local or ip == ipaddress.ip_address("fd00:ec2::254")
+    return ip.is_link_local or ip in METADATA_ADDRESSES
+
+
+def own_bucket(manifest: str, prefixes: Sequence[str] | None) -> str | None:
+    """``<scheme>://<bucket>/`` of a manifest in object storage when ``data.uri_prefixes`` is unset
+    (None): the default, that such a manifest names objects of that scheme in its own bucket only."""
+    scheme = scheme_of(manifest)
+    if prefixes is not None or scheme in ("file", "http", "https"):
+        return None
+    return f"{scheme}://{manifest.split('://', 1)[1].split('/', 1)[0].lower()}/"
 
 
 def refusals(raw: Sequence[str], resolved: Sequence[str], manifest: str, schemes: Sequence[str] | None, prefixes: Sequence[str] | None) -> list[str | None]:
@@ -67,6 +80,7 @@ def refusals(raw: Sequence[str], resolved: Sequence[str], manifest: str, schemes
     ``resolved`` the same made absolute against the manifest's folder."""
     allowed = {s.lower() for s in (schemes or DEFAULT_SCHEMES)}
     remote_manifest = "://" in manifest and not manifest.startswith("file://")
+    bucket = own_bucket(manifest, prefixes)
     base = normalised(manifest.rsplit("/", 1)[0]).rstrip("/") + "/"
     prefixes = [normalised(p) for p in prefixes or []]
     out: list[str | None] = []
@@ -83,6 +97,8 @@ def refusals(raw: Sequence[str], resolved: Sequence[str], manifest: str, schemes
             why = f"{shown!r} names a link-local or instance-metadata host"
         elif prefixes and not any(n.startswith(p) for p in prefixes):
             why = f"{shown!r} is not under data.uri_prefixes {prefixes}"
+        elif bucket and scheme == bucket.split("://")[0] and not n.lower().startswith(bucket):
+            why = f"{shown!r} is outside the manifest's bucket {bucket}; list the places a manifest may name in data.uri_prefixes"
         else:
             why = None
         out.append(why)
@@ -104,7 +120,7 @@ def resolve_column(raw: pa.Array, base: str) -> pa.Array:
     return pc.if_else(relative, joined, raw)
 
 
-def _cleared(raw: pa.Array, resolved: pa.Array, manifest: str, allowed: set[str], prefixes: Sequence[str]) -> pa.Array:
+def _cleared(raw: pa.Array, resolved: pa.Array, manifest: str, allowed: set[str], prefixes: Sequence[str], bucket: str | None) -> pa.Array:
     """True where a row certainly passes every rule: a plain URI (nothing ``normalised`` would
     change) with an allowed scheme, a DNS host name for http(s), and a configured prefix."""
     lower = pc.utf8_lower(resolved)
@@ -121,6 +137,8 @@ def _cleared(raw: pa.Array, resolved: pa.Array, manifest: str, allowed: set[str]
         for p in prefixes[1:]:
             under = pc.or_(under, pc.starts_with(resolved, p))
         ok = pc.and_(ok, under)
+    if bucket:
+        ok = pc.and_(ok, pc.or_(pc.not_equal(scheme, bucket.split("://")[0]), pc.starts_with(lower, bucket)))
     return pc.fill_null(ok, False)
 
 
@@ -131,7 +149,7 @@ def refusals_column(raw: pa.Array, resolved: pa.Array, manifest: str, schemes: S
     allowed = {s.lower() for s in (schemes or DEFAULT_SCHEMES)}
     # A cleared URI is plain, so ``normalised`` only appends a missing "/" to it: a literal prefix
     # match on it implies the per-row rule's match on the normalised URI.
-    cleared = _cleared(raw, resolved, manifest, allowed, [normalised(p) for p in prefixes or []])
+    cleared = _cleared(raw, resolved, manifest, allowed, [normalised(p) for p in prefixes or []], own_bucket(manifest, prefixes))
     todo = pc.indices_nonzero(pc.invert(cleared))
     if len(todo) == 0:
         return None
