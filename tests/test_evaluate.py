@@ -93,17 +93,43 @@ def test_multiclass_metrics_by_hand():
     assert m["ece"] == pytest.approx(13 / 60)
 
 
-def test_reliability_bins_match_sklearn_calibration_curve():
-    from sklearn.calibration import calibration_curve
+def bins_by_hand(outcome, conf, n_bins: int) -> dict:
+    """Equal-width calibration bins computed here with plain comparisons (no sklearn, no searchsorted):
+    right-closed, (lo, hi], the first one [0, hi]; ECE = sum over non-empty bins of n_b / N * |acc_b - conf_b|."""
+    edges = [k / n_bins for k in range(n_bins + 1)]
+    count, acc, mean_conf = [], [], []
+    for b in range(n_bins):
+        inside = [i for i, c in enumerate(conf) if edges[b] < c <= edges[b + 1] or (b == 0 and c == 0.0)]
+        count.append(len(inside))
+        acc.append(sum(outcome[i] for i in inside) / len(inside) if inside else None)
+        mean_conf.append(sum(conf[i] for i in inside) / len(inside) if inside else None)
+    n = sum(count)
+    ece = sum(k / n * abs(a - c) for k, a, c in zip(count, acc, mean_conf) if k)
+    return {"count": count, "accuracy": acc, "confidence": mean_conf, "ece": ece}
 
+
+@pytest.mark.parametrize("shape", ["uniform", "confident"])
+def test_reliability_bins_and_ece_by_hand(shape):
+    """reliability() against bins counted here, on random data plus confidences of exactly 0, 1 and
+    every bin edge; "confident" (max-softmax-like, all above 0.5) leaves the lower bins empty."""
+    n_bins = 15
     rng = np.random.default_rng(1)
-    conf = rng.random(500)
-    outcome = (rng.random(500) < conf).astype(int)
-    rel = reliability(outcome, conf, 15)
-    prob_true, prob_pred = calibration_curve(outcome, conf, n_bins=15)
-    assert [a for a in rel["accuracy"] if a is not None] == pytest.approx(prob_true.tolist())
-    assert [c for c in rel["confidence"] if c is not None] == pytest.approx(prob_pred.tolist())
-    assert sum(rel["count"]) == 500 and 0 <= rel["ece"] < 0.2
+    edges = [k / n_bins for k in range(n_bins + 1)]
+    if shape == "uniform":
+        conf = np.concatenate([rng.random(500), [0.0, 0.0, 1.0, 1.0], edges, edges[1:-1]])
+    else:
+        conf = np.concatenate([0.5 + 0.5 * rng.random(300) ** 0.3, [1.0, 1.0], [e for e in edges if e > 0.5]])
+    outcome = (rng.random(len(conf)) < conf).astype(int)
+    rel = reliability(outcome, conf, n_bins)
+    want = bins_by_hand(outcome.tolist(), conf.tolist(), n_bins)
+    assert rel["count"] == want["count"] and sum(rel["count"]) == len(conf)
+    assert rel["edges"] == pytest.approx(edges)
+    for key in ("accuracy", "confidence"):
+        assert [v is None for v in rel[key]] == [v is None for v in want[key]], key
+        assert [v for v in rel[key] if v is not None] == pytest.approx([v for v in want[key] if v is not None], abs=1e-12), key
+    assert rel["ece"] == pytest.approx(want["ece"], abs=1e-12)
+    if shape == "confident":
+        assert want["count"][: n_bins // 2] == [0] * (n_bins // 2)
 
 
 # --------------------------------------------------------------------------------------------
