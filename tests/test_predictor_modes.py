@@ -167,8 +167,21 @@ def test_hflip_tta_averages_the_image_and_its_mirror(random_checkpoint):
     tta = Predictor(random_checkpoint, dtype="float32", tta="hflip")
     p, f = plain.predict_pixels(x)
     pm, fm = plain.predict_pixels(np.ascontiguousarray(x[..., ::-1]))
-    pt, _ = tta.predict_pixels(x)
+    pt, et = tta.predict_pixels(x)
     np.testing.assert_allclose(pt, (p + pm) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(p, pm)  # the mirror image really is a different input
+    # The embedding: the normalised mean of the raw features of both views, from the checkpoint's
+    # model here (no Predictor, no BN folding); not the mean of the two normalised embeddings.
+    import torch
+
+    from catalog_vision import checkpoint as ckpt
+
+    model = ckpt.load(random_checkpoint).model.eval()
+    with torch.no_grad():
+        raw = [model.forward_features(v).numpy() for v in (torch.from_numpy(x), torch.from_numpy(x).flip(-1))]
+    mean = (raw[0] + raw[1]) / 2
+    np.testing.assert_allclose(et, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=2e-5)
+    unit = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in raw]
+    assert not np.allclose(et, unit[0], atol=1e-3) and not np.allclose(f, fm, atol=1e-3)
     with pytest.raises(ValueError, match="predictor.tta"):
         Predictor(random_checkpoint, tta="rotate")
