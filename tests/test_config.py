@@ -8,22 +8,44 @@ from catalog_vision.infer import Predictor
 from conftest import make_cfg
 
 
+def at(cfg: dict, dotted: str):
+    for key in dotted.split("."):
+        cfg = cfg[key]
+    return cfg
+
+
+# Per override set, values read off the YAML files in conf/ (the group file, then the experiment,
+# then the command line): what composing must resolve to.
 @pytest.mark.parametrize(
-    "overrides",
+    "overrides, expected",
     [
-        [],
-        ["experiment=smoke"],
-        ["experiment=fashion_mnist"],
-        ["experiment=photos", "source=folders", "source.prefix=s3://bucket/photos"],
-        ["experiment=photos_imagenet", "source=table", "source.path=export.csv"],
-        ["storage=s3", "paths.root=s3://bucket/prefix", "predictor=gpu", "trainer=gpu", "ray=cluster", "model=resnet18"],
+        ([], {"model.name": "small_cnn", "trainer.epochs": 10, "trainer.batch_size": 128, "trainer.use_gpu": False, "predictor.num_gpus": 0,
+              "data.preprocessing.image_size": [28, 28], "source.name": "fashion_mnist", "ray.address": None}),
+        (["experiment=smoke"], {"trainer.epochs": 1, "trainer.batch_size": 64, "data.limit.train": 512, "data.limit.test": 128, "predictor.batch_size": 64,
+                                "predictor.max_actors": 1, "output.rows_per_file": 1000}),
+        (["experiment=fashion_mnist"], {"model.name": "small_cnn", "trainer.epochs": 15, "trainer.batch_size": 128, "trainer.lr": 0.003}),
+        (["experiment=photos", "source=folders", "source.prefix=s3://bucket/photos"],
+         {"model.name": "small_vgg", "model.stages": 5, "model.convs": 1, "data.preprocessing.image_size": [64, 64],
+          "trainer.epochs": 20, "trainer.batch_size": 16, "trainer.augment.preset": "random_resized_crop", "trainer.augment.min_scale": 0.7,
+          "predictor.batch_size": 128, "source.name": "folders", "source.prefix": "s3://bucket/photos", "source.label_level": "leaf"}),
+        (["experiment=photos_imagenet", "source=table", "source.path=export.csv"],
+         {"model.name": "resnet50", "model.pretrained": "imagenet", "data.preprocessing.image_size": [224, 224],
+          "trainer.use_gpu": True, "trainer.num_workers": 4, "trainer.batch_size": 256, "trainer.epochs": 10, "trainer.lr": 0.001,
+          "trainer.freeze_backbone_epochs": 1, "trainer.augment.min_scale": 0.35,
+          "predictor.device": "cuda", "predictor.num_gpus": 1, "predictor.batch_size": 1024,
+          "source.name": "table", "source.path": "export.csv", "source.columns.id": "image_id"}),
+        (["storage=s3", "paths.root=s3://bucket/prefix", "predictor=gpu", "trainer=gpu", "ray=cluster", "model=resnet18"],
+         {"storage.max_attempts": 10, "storage.read_timeout": 60, "paths.catalog": "s3://bucket/prefix/catalog",
+          "paths.model": "s3://bucket/prefix/output/model", "paths.predictions": "s3://bucket/prefix/output/predictions",
+          "predictor.device": "cuda", "predictor.num_gpus": 1, "predictor.jpeg_decode_on_device": True, "predictor.topk": 5,
+          "trainer.use_gpu": True, "trainer.min_workers": 2, "trainer.optimizer": "adamw", "ray.address": "auto", "model.name": "resnet18"}),
     ],
 )
-def test_configs_compose(overrides):
+def test_configs_compose(overrides, expected):
     cfg = make_cfg(*overrides)
-    for group in ("storage", "data", "model", "trainer", "predictor", "ray", "paths", "source"):
-        assert group in cfg
-    assert cfg["paths"]["predictions"].startswith(cfg["paths"]["root"])
+    assert {k: at(cfg, k) for k in expected} == expected
+    root = cfg["paths"]["root"]
+    assert (cfg["paths"]["output"], cfg["paths"]["predictions"]) == (f"{root}/output", f"{root}/output/predictions")
 
 
 def test_gpu_groups_inherit_cpu_defaults():

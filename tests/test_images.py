@@ -171,6 +171,23 @@ def test_device_decoder_fits_like_the_cpu_decoder(fit):
     assert np.mean(np.abs(dev - cpu) > 40) < 0.05
 
 
+@pytest.mark.parametrize("resize", ["nearest", "bilinear", "bicubic"])
+@pytest.mark.parametrize("fit", ["squash", "center_crop", "letterbox"])
+def test_device_decoder_resizes_with_the_checkpoints_interpolation(fit, resize):
+    """On noise (where the kernels differ most) the device resize matches the CPU decoder with the
+    same preprocessing.resize to within rounding, and is further from the other two kernels."""
+    import torch
+
+    from catalog_vision.infer import fit_tensor
+
+    arr = np.kron(np.random.default_rng(0).integers(0, 256, (50, 100, 3)), np.ones((2, 3, 1))).astype(np.uint8)
+    data = encode(Image.fromarray(arr), "PNG")  # 300x100, lossless
+    specs = {r: Preprocessing(image_size=(30, 40), channels=3, mean=(0.2, 0.4, 0.6), std=(0.2, 0.2, 0.2), fit=fit, resize=r) for r in ("nearest", "bilinear", "bicubic")}
+    dev = fit_tensor(torch.from_numpy(arr.transpose(2, 0, 1).copy()), specs[resize]).numpy().astype(float)
+    diff = {r: float(np.abs(dev - decode(data, spec).astype(float)).mean()) for r, spec in specs.items()}
+    assert diff[resize] < 0.5 and min(d for r, d in diff.items() if r != resize) > diff[resize] + 1, diff
+
+
 def test_local_fetch_gives_each_file_its_own_outcome(tmp_path):
     from catalog_vision.data import fetch_and_decode
 

@@ -44,10 +44,17 @@ def test_bfloat16_agrees_with_float32(random_checkpoint, local_catalog):
     assert np.mean(p32.argmax(1) == p16.argmax(1)) > 0.9
 
 
-def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoint, tmp_path):
+@pytest.mark.parametrize("resize", ["nearest", "bilinear", "bicubic"])
+def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoint, tmp_path, resize):
     """jpeg_decode_on_device runs torchvision.io.decode_jpeg on the predictor's device (nvJPEG on a
-    GPU; libjpeg here, the same code path). It must give the CPU decoder's results: same labels,
-    pixels within JPEG rounding, and the same error rows; CMYK goes to the CPU decoder."""
+    GPU; libjpeg here, the same code path). It must give the CPU decoder's results for the
+    checkpoint's preprocessing.resize, also for JPEGs at least twice the target (which the CPU decoder
+    drafts at 1/2, 1/4 or 1/8 scale): same labels, pixels within JPEG rounding, the same error rows;
+    CMYK goes to the CPU decoder."""
+    from catalog_vision import checkpoint as ckpt
+
+    loaded = ckpt.load(random_checkpoint)
+    checkpoint = ckpt.save(str(tmp_path / "model"), loaded.model, {**loaded.meta, "preprocessing": {**loaded.preprocessing, "resize": resize}})
     rng = np.random.default_rng(0)
     rgb = Image.fromarray(np.kron(rng.integers(0, 255, (7, 7, 3)), np.ones((4, 4, 1))).astype(np.uint8))
     exif = Image.Exif()
@@ -58,6 +65,9 @@ def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoin
         "gray": jpeg(rgb.convert("L")),
         "resized": jpeg(rgb.resize((56, 40))),
         "exif": jpeg(rgb.resize((40, 28)), exif=exif.tobytes()),
+        "big": big,  # 200x200 for 28x28: drafted at 1/4 on the CPU
+        "big-exif": jpeg(rgb.resize((120, 90)), exif=exif.tobytes()),  # 1/2, then rotated
+        "noise": jpeg(Image.fromarray(rng.integers(0, 255, (123, 250, 3)).astype(np.uint8))),  # 1/4, partial blocks at the edges
         "cmyk": jpeg(rgb.convert("CMYK")),
         "truncated": big[: len(big) // 2],
         "png": (lambda b: (rgb.save(b, format="PNG"), b.getvalue())[1])(io.BytesIO()),
@@ -67,25 +77,35 @@ def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoin
         (tmp_path / name).write_bytes(data)
         uris.append(str(tmp_path / name))
     batch = {"image_id": np.array(list(files), dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * len(files), dtype=object)}
-    predictor = Predictor(random_checkpoint, device="cpu", dtype="float32")
+    predictor = Predictor(checkpoint, device="cpu", dtype="float32")
     spec = predictor.loaded.preprocessing
+    assert spec["resize"] == resize
 
     on_cpu = fetch_and_decode(batch, spec)
     deferred = fetch_and_decode(batch, spec, defer_jpeg=True)
     sent = {n for n, b in zip(files, deferred["encoded"]) if len(b)}
-    assert sent == {"rgb", "gray", "resized", "exif", "truncated"}  # CMYK and PNG decode on CPU
+    assert sent == set(files) - {"cmyk", "png"}  # CMYK and PNG decode on CPU
     pixels, errors = predictor.decode_jpegs([files[n] for n in sorted(sent)])
     for n, px, err in zip(sorted(sent), pixels.numpy(), errors):
         ref = on_cpu["pixels"][list(files).index(n)]
         if n == "truncated":
             assert err.startswith("TruncatedImage")
         else:
-            assert err is None and np.abs(px.astype(int) - ref.astype(int)).max() <= 12, n
+            delta = np.abs(px.astype(int) - ref.astype(int))
+            # nearest: where a sample falls exactly between two source rows (here 2 of 28), PIL and
+            # torch take different neighbours; elsewhere the decoders differ by JPEG rounding only.
+            ties = 2 / 28 if resize == "nearest" else 0
+            assert err is None and delta.mean() <= 1 + 28 * ties and (delta > 12).mean() <= ties, (n, delta.mean(), delta.max())
     a = predictor(on_cpu).to_pylist()
     b = predictor(deferred).to_pylist()
     assert [r["error"] is None for r in a] == [r["error"] is None for r in b]
-    assert [r["label"] for r in a] == [r["label"] for r in b]
     assert [r["error"].split(":")[0] for r in b if r["error"]] == ["TruncatedImage"]
+    # Scores within a hair; labels agree wherever the top-2 margin exceeds that (this random
+    # model's scores are all near 0.1, so near-ties are common).
+    change = max(abs(x - y) for r, q in zip(a, b) if r["error"] is None for x, y in zip(r["topk_scores"], q["topk_scores"]))
+    assert change < 1e-3
+    assert [r["label"] for r, q in zip(a, b) if r["error"] is None and r["topk_scores"][0] - r["topk_scores"][1] > 2 * change] == [
+        q["label"] for r, q in zip(a, b) if r["error"] is None and r["topk_scores"][0] - r["topk_scores"][1] > 2 * change]
 
 
 def test_deferred_jpegs_ship_within_a_byte_budget_and_without_pixel_arrays(random_checkpoint, tmp_path):
@@ -227,8 +247,21 @@ def test_hflip_tta_averages_the_image_and_its_mirror(random_checkpoint):
     tta = Predictor(random_checkpoint, dtype="float32", tta="hflip")
     p, f = plain.predict_pixels(x)
     pm, fm = plain.predict_pixels(np.ascontiguousarray(x[..., ::-1]))
-    pt, _ = tta.predict_pixels(x)
+    pt, et = tta.predict_pixels(x)
     np.testing.assert_allclose(pt, (p + pm) / 2, rtol=1e-5, atol=1e-6)
     assert not np.allclose(p, pm)  # the mirror image really is a different input
+    # The embedding: the normalised mean of the raw features of both views, from the checkpoint's
+    # model here (no Predictor, no BN folding); not the mean of the two normalised embeddings.
+    import torch
+
+    from catalog_vision import checkpoint as ckpt
+
+    model = ckpt.load(random_checkpoint).model.eval()
+    with torch.no_grad():
+        raw = [model.forward_features(v).numpy() for v in (torch.from_numpy(x), torch.from_numpy(x).flip(-1))]
+    mean = (raw[0] + raw[1]) / 2
+    np.testing.assert_allclose(et, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=2e-5)
+    unit = [r / np.linalg.norm(r, axis=1, keepdims=True) for r in raw]
+    assert not np.allclose(et, unit[0], atol=1e-3) and not np.allclose(f, fm, atol=1e-3)
     with pytest.raises(ValueError, match="predictor.tta"):
         Predictor(random_checkpoint, tta="rotate")

@@ -151,13 +151,12 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
             raise ImageTooLarge(f"{w}x{h}={w * h} pixels exceeds max_pixels={spec.max_pixels}")
         try:
             im.seek(0)  # animated formats: first frame
-            if im.format == "JPEG":
+            if im.format == "JPEG" and draft_scale(w, h, spec) > 1:
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT scaling) when the image is at least
                 # twice the target (README "Benchmarks" has what it saves on photos). The
                 # result is never smaller than the target (either orientation), and resize does the rest.
                 side = max(spec.image_size)
-                if min(w, h) >= 2 * side:
-                    im.draft(None, (side, side))
+                im.draft(None, (side, side))
             im.load()
             # EXIF orientation. JPEG, PNG and WebP put their EXIF block in ``info``: without one there is
             # nothing to apply, and the parse is skipped.
@@ -181,6 +180,16 @@ def decode(data: bytes, spec: Preprocessing) -> np.ndarray:
     else:
         arr = arr.transpose(2, 0, 1)
     return np.ascontiguousarray(arr)
+
+
+def draft_scale(w: int, h: int, spec: Preprocessing) -> int:
+    """The DCT scale (1, 2, 4 or 8) at which :func:`decode` has libjpeg decode a ``w x h`` JPEG: 1 below
+    twice the target's longer side, else the largest that keeps both sides at least that long (as
+    PIL's ``draft`` picks it). The device decoder averages blocks of this size to match."""
+    side = max(spec.image_size)
+    if min(w, h) < 2 * side:
+        return 1
+    return max(s for s in (1, 2, 4, 8) if s <= min(w // side, h // side))
 
 
 def fit_box(w: int, h: int, spec: Preprocessing) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:

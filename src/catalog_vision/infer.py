@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from . import precision
 from .data import fetch_and_decode, is_error
 from .storage.secrets import redact_text
-from .images import ImageError, Preprocessing, decode, error_string, fit_box, pad_color
+from .images import ImageError, Preprocessing, decode, draft_scale, error_string, fit_box, pad_color
 
 log = logging.getLogger("catalog_vision")
 
@@ -94,14 +94,25 @@ def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     if (h, w) == (th, tw):
         return im
     (sl, st, sr, sb), (dl, dt, dr, db) = fit_box(w, h, spec)
-    mode = getattr(F.InterpolationMode, spec.resize.upper())  # the checkpoint's interpolation, as on the CPU path
-    im = F.resize(im[..., st:sb, sl:sr], [db - dt, dr - dl], interpolation=mode, antialias=mode != F.InterpolationMode.NEAREST)
+    # The checkpoint's interpolation, as on the CPU path. PIL's NEAREST samples pixel centres: torch's
+    # NEAREST_EXACT (its NEAREST takes the pixel to the left, a different image).
+    mode = F.InterpolationMode.NEAREST_EXACT if spec.resize == "nearest" else getattr(F.InterpolationMode, spec.resize.upper())
+    im = F.resize(im[..., st:sb, sl:sr], [db - dt, dr - dl], interpolation=mode, antialias=spec.resize != "nearest")
     if (dl, dt, dr, db) == (0, 0, tw, th):
         return im
     out = torch.empty((im.shape[0], th, tw), dtype=im.dtype, device=im.device)
     out[:] = torch.tensor(pad_color(spec), dtype=im.dtype, device=im.device).view(-1, 1, 1)
     out[:, dt:db, dl:dr] = im
     return out
+
+
+def draft_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
+    """A full-size decoded JPEG ``uint8 (C, h, w)`` → what libjpeg's DCT scaling gives the CPU decoder
+    (:func:`images.draft_scale`): the mean of each ``s x s`` block (the partial blocks at the edges too)."""
+    s = draft_scale(im.shape[-1], im.shape[-2], spec)
+    if s == 1:
+        return im
+    return torch.nn.functional.avg_pool2d(im[None].float(), s, ceil_mode=True)[0].round_().to(torch.uint8)
 
 
 def ray_node_id() -> str | None:
@@ -291,7 +302,7 @@ class Predictor:
             try:
                 if im is None:
                     im = decode_jpeg(datas[i], mode=mode, device=self.device, apply_exif_orientation=True)
-                out[i] = fit_tensor(im, spec)
+                out[i] = fit_tensor(draft_tensor(im, spec), spec)
             except RuntimeError:
                 try:
                     out[i] = torch.from_numpy(decode(raw, spec)).to(self.device)
