@@ -54,7 +54,7 @@ def pick_faster(seconds_of: Callable[[torch.dtype], float], margin: float = MARG
     and each keeps its fastest call: other work on the host that comes and goes during the
     measurement then slows both alike instead of whichever ran second, and each gets its quietest
     moment. Stops after ``rounds``, or after two rounds once ``budget_s`` is spent, or after one when
-    a candidate is 3x slower (emulated bf16: clear at once, and each call costs seconds)."""
+    a candidate takes three times as long (emulated bf16: clear at once, and each call costs seconds)."""
     best: dict[str, float] = {}
     t0 = time.perf_counter()
     for r in range(max(1, rounds)):
@@ -82,7 +82,7 @@ class _Clock:
     """One timed call of ``step`` per use; the first use per dtype runs ``warmup`` untimed calls
     before it (oneDNN builds its kernels on the first call of each dtype and shape).
 
-    A candidate whose warm-up already takes 3x the first candidate's is clearly slower (emulated
+    A candidate whose warm-up already takes three times the first candidate's is clearly slower (emulated
     bf16: 7x): its warm-up time stands as its figure, sparing seconds of timed calls."""
 
     def __init__(self, warmup: int):
