@@ -74,3 +74,52 @@ def test_no_pickle_in_the_checkpoint(random_checkpoint, monkeypatch):
         monkeypatch.setattr(pickle, name, boom)
     monkeypatch.setattr(torch, "load", boom)
     assert ckpt.load(random_checkpoint).model_id == ckpt.model_id_of(meta)
+
+
+def _second_checkpoint(tmp_path) -> str:
+    from catalog_vision.models import build_model
+
+    cfg = make_cfg("experiment=smoke")
+    torch.manual_seed(1)
+    model = build_model(cfg["model"], len(cfg["data"]["classes"]), cfg["data"]["preprocessing"])
+    meta = {"model": cfg["model"], "classes": cfg["data"]["classes"], "preprocessing": cfg["data"]["preprocessing"], "task": "multiclass",
+            "embedding_dim": model.num_features, "epoch": 3, "metrics": {}}
+    return ckpt.save(str(tmp_path / "second"), model, meta)
+
+
+def test_export_writes_the_metadata_once_and_a_torn_export_is_refused(random_checkpoint, tmp_path, monkeypatch):
+    """Training exports the best checkpoint with the run's history: weights first, then the
+    metadata, once. An export that dies between the two leaves the new weights beside the old
+    metadata; loading that pair stops with an error instead of mixing two models."""
+    from catalog_vision import storage as st
+
+    dst = str(tmp_path / "model")
+    ckpt.copy(random_checkpoint, dst)
+    old = ckpt.load(dst).model_id
+    new_src = _second_checkpoint(tmp_path)
+    meta = {**ckpt.read_meta(new_src), "history": [{"epoch": 1}, {"epoch": 2}]}
+    writes = []
+    real = st.write_bytes
+    monkeypatch.setattr(st, "write_bytes", lambda uri, data, storage=None: writes.append(uri.rsplit("/", 1)[-1]) or real(uri, data, storage))
+    ckpt.export(new_src, meta, dst)
+    assert writes == [ckpt.WEIGHTS, ckpt.META]
+    got = ckpt.load(dst)
+    assert got.meta["history"] == meta["history"] and got.model_id == ckpt.model_id_of(meta) != old
+
+    # Dies after the weights: the old metadata no longer matches them.
+    ckpt.copy(random_checkpoint, dst)
+
+    def dies_after_weights(uri, data, storage=None):
+        if uri.endswith(ckpt.META):
+            raise OSError("killed")
+        return real(uri, data, storage)
+
+    monkeypatch.setattr(st, "write_bytes", dies_after_weights)
+    with pytest.raises(OSError, match="killed"):
+        ckpt.export(new_src, meta, dst)
+    with pytest.raises(ValueError, match="does not match"):
+        ckpt.load(dst)
+    # Metadata that does not describe the source's weights is never exported.
+    monkeypatch.setattr(st, "write_bytes", real)
+    with pytest.raises(ValueError, match="does not match"):
+        ckpt.export(random_checkpoint, meta, str(tmp_path / "other"))

@@ -74,8 +74,20 @@ def save(uri: str, model: torch.nn.Module, meta: Mapping[str, Any], storage: Map
 
 
 def copy(src: str, dst: str, storage: Mapping[str, Any] | None = None) -> str:
-    for name in (WEIGHTS, META):
-        st.write_bytes(st.join(dst, name), st.read_bytes(st.join(src, name), storage), storage)
+    return export(src, read_meta(src, storage), dst, storage)
+
+
+def export(src: str, meta: Mapping[str, Any], dst: str, storage: Mapping[str, Any] | None = None) -> str:
+    """``src``'s weights with ``meta`` at ``dst``: two writes, each atomic (``storage.write_bytes``),
+    weights first and the metadata last, once. A reader between the two sees the new weights with
+    the old metadata, whose ``weights_sha256`` then does not match: :func:`load` stops with a clear
+    error (and the next read sees both new) rather than pairing one model's weights with another's
+    classes."""
+    weights = st.read_bytes(st.join(src, WEIGHTS), storage)
+    if hashlib.sha256(weights).hexdigest() != meta["weights_sha256"]:
+        raise ValueError(f"{src}: {WEIGHTS} does not match the weights_sha256 of the metadata to export")
+    st.write_bytes(st.join(dst, WEIGHTS), weights, storage)
+    st.write_bytes(st.join(dst, META), json.dumps(dict(meta), indent=2, sort_keys=True).encode(), storage)
     return dst
 
 

@@ -604,12 +604,11 @@ def train(cfg: Mapping[str, Any]) -> dict:
         return f"{storage_path.split('://', 1)[0]}://{c.path}" if arrow_fs is not None else c.path
 
     export_uri = st.absolute(cfg["paths"]["model"])
-    ckpt.copy(uri(best), export_uri, storage)
     # The exported checkpoint carries the whole run's history (the best epoch may not be the last).
-    meta_out = ckpt.read_meta(export_uri, storage)
+    meta_out = ckpt.read_meta(uri(best), storage)
     last = result.checkpoint or best
     meta_out["history"] = ckpt.read_meta(uri(last), storage).get("history", meta_out.get("history", []))
-    st.write_bytes(st.join(export_uri, ckpt.META), json.dumps(meta_out, indent=2, sort_keys=True).encode(), storage)
+    ckpt.export(uri(best), meta_out, export_uri, storage)
     summary = {
         "checkpoint": export_uri,
         "model_id": ckpt.model_id_of(meta_out),
