@@ -16,35 +16,19 @@ import pyarrow as pa
 import torch
 
 from . import checkpoint as ckpt
-from . import precision
+from . import device_decode, precision
 from .data import fetch_and_decode, is_error
-from .storage.secrets import redact_text
-from .images import ImageError, Preprocessing, decode, draft_scale, error_string, fit_box, pad_color
+from .device_decode import fit_tensor
+from .images import Preprocessing
+from .predictions import predictions_schema, predictions_table
+
+__all__ = ["Predictor", "fit_tensor", "predictions_schema"]
 
 log = logging.getLogger("catalog_vision")
 
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
 TTA = ("none", "hflip")
-
-
-def predictions_schema(embedding_dim: int) -> pa.Schema:
-    return pa.schema(
-        [
-            ("image_id", pa.string()),
-            ("uri", pa.string()),
-            ("label", pa.string()),
-            ("score", pa.float32()),
-            ("topk_labels", pa.list_(pa.string())),
-            ("topk_scores", pa.list_(pa.float32())),
-            ("labels", pa.list_(pa.string())),
-            ("embedding", pa.list_(pa.float32(), embedding_dim)),
-            ("low_confidence", pa.bool_()),
-            ("model_id", pa.string()),
-            ("run_id", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
 
 
 def resolve_device(device: str) -> torch.device:
@@ -79,40 +63,6 @@ def resolve_dtype(dtype: str, device: torch.device, setting: str = "predictor.dt
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return measure() if measure is not None else torch.float32
-
-
-def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
-    """``uint8 (C, h, w)`` on any device → ``(C, *image_size)`` by ``spec.fit``: the same boxes as
-    :func:`images.fit_image` on the CPU decoder."""
-    from .models.tv import load as load_torchvision
-
-    load_torchvision()
-    from torchvision.transforms.v2 import functional as F
-
-    th, tw = spec.image_size
-    h, w = im.shape[-2:]
-    if (h, w) == (th, tw):
-        return im
-    (sl, st, sr, sb), (dl, dt, dr, db) = fit_box(w, h, spec)
-    # The checkpoint's interpolation, as on the CPU path. PIL's NEAREST samples pixel centres: torch's
-    # NEAREST_EXACT (its NEAREST takes the pixel to the left, a different image).
-    mode = F.InterpolationMode.NEAREST_EXACT if spec.resize == "nearest" else getattr(F.InterpolationMode, spec.resize.upper())
-    im = F.resize(im[..., st:sb, sl:sr], [db - dt, dr - dl], interpolation=mode, antialias=spec.resize != "nearest")
-    if (dl, dt, dr, db) == (0, 0, tw, th):
-        return im
-    out = torch.empty((im.shape[0], th, tw), dtype=im.dtype, device=im.device)
-    out[:] = torch.tensor(pad_color(spec), dtype=im.dtype, device=im.device).view(-1, 1, 1)
-    out[:, dt:db, dl:dr] = im
-    return out
-
-
-def draft_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
-    """A full-size decoded JPEG ``uint8 (C, h, w)`` → what libjpeg's DCT scaling gives the CPU decoder
-    (:func:`images.draft_scale`): the mean of each ``s x s`` block (the partial blocks at the edges too)."""
-    s = draft_scale(im.shape[-1], im.shape[-2], spec)
-    if s == 1:
-        return im
-    return torch.nn.functional.avg_pool2d(im[None].float(), s, ceil_mode=True)[0].round_().to(torch.uint8)
 
 
 def ray_node_id() -> str | None:
@@ -278,38 +228,6 @@ class Predictor:
         emb = torch.nn.functional.normalize(feats.float(), dim=1)
         return probs.cpu().numpy(), emb.cpu().numpy()
 
-    @torch.inference_mode()
-    def decode_jpegs(self, encoded: list[bytes]) -> tuple[torch.Tensor, list[str | None]]:
-        """JPEG bytes → ``uint8 (N,C,H,W)`` on the predictor's device (nvJPEG on CUDA, libjpeg on CPU).
-
-        The same size check, EXIF orientation and channel conversion as the CPU decoder; an image
-        the device decoder rejects (e.g. CMYK on nvJPEG) falls back to :func:`images.decode`.
-        """
-        from .models.tv import load as load_torchvision
-
-        load_torchvision()
-        from torchvision.io import ImageReadMode, decode_jpeg
-        spec = self.spec
-        mode = ImageReadMode.GRAY if spec.channels == 1 else ImageReadMode.RGB
-        out = torch.zeros((len(encoded), *spec.shape), dtype=torch.uint8, device=self.device)
-        errors: list[str | None] = [None] * len(encoded)
-        datas = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in encoded]
-        try:
-            images = decode_jpeg(datas, mode=mode, device=self.device, apply_exif_orientation=True)
-        except RuntimeError:
-            images = [None] * len(encoded)  # one bad image fails the batched call: go one by one
-        for i, (raw, im) in enumerate(zip(encoded, images)):
-            try:
-                if im is None:
-                    im = decode_jpeg(datas[i], mode=mode, device=self.device, apply_exif_orientation=True)
-                out[i] = fit_tensor(draft_tensor(im, spec), spec)
-            except RuntimeError:
-                try:
-                    out[i] = torch.from_numpy(decode(raw, spec)).to(self.device)
-                except ImageError as e:
-                    errors[i] = error_string(e)
-        return out, errors
-
     def predict_table(self, image_id, uri, pixels, errors) -> pa.Table:
         errors = [str(e) if is_error(e) else None for e in errors]
         ok = np.array([e is None for e in errors], dtype=bool)
@@ -322,73 +240,17 @@ class Predictor:
         """Rows in the predictions schema from :meth:`predict_pixels`' ``(probabilities, embeddings)``
         of the rows without an error (``None`` when every row has one). Serving builds its table rows
         here too, from the outputs it already answered with."""
-        n = len(image_id)
-        errors = [str(e) if is_error(e) else None for e in errors]
-        ok = np.array([e is None for e in errors], dtype=bool)
-        d, k = self.embedding_dim, self.topk
-        emb = np.zeros((n, d), dtype=np.float32)
-        top_s = np.zeros((n, k), dtype=np.float32)
-        top_i = np.zeros((n, k), dtype=np.int64)
-        above = np.zeros((n, len(self.classes)), dtype=bool)
-        if ok.any():
-            probs, feats = outputs
-            s, i = torch.topk(torch.from_numpy(np.ascontiguousarray(probs)), k, dim=1)
-            top_s[ok], top_i[ok] = s.numpy(), i.numpy()
-            emb[ok] = feats
-            if self.task == "multilabel":
-                above[ok] = probs >= self.thresholds[None, :]
-        bad = pa.array(~ok)
-        # Column-wise Arrow construction: no per-row Python.
-        names = self._class_names.take(pa.array(top_i.reshape(-1)))
-        offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-        one = pa.array(np.arange(0, n + 1, dtype=np.int32))
-        score = top_s[:, 0]
-        if self.task == "multilabel":  # labels above their thresholds, in class order
-            rows, cols = np.nonzero(above)
-            labels_col = pa.ListArray.from_arrays(pa.array(np.searchsorted(rows, np.arange(n + 1)).astype(np.int32)), self._class_names.take(pa.array(cols)), mask=bad)
-        else:
-            labels_col = pa.ListArray.from_arrays(one, names.take(pa.array(np.arange(0, n * k, k))), mask=bad)
-        return pa.Table.from_arrays(
-            [
-                pa.array(list(image_id), pa.string()),
-                pa.array([redact_text(u) if u and ("@" in u or "?" in u) else u for u in uri], pa.string()),  # no credentials in tables
-                pa.array(names.to_numpy(zero_copy_only=False)[::k], pa.string(), mask=~ok),
-                pa.array(score, pa.float32(), mask=~ok),
-                pa.ListArray.from_arrays(offsets, names, mask=bad),
-                pa.ListArray.from_arrays(offsets, pa.array(top_s.reshape(-1), pa.float32()), mask=bad),
-                labels_col,
-                pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1), pa.float32()), d, mask=bad),
-                pa.array(score < self.threshold, pa.bool_(), mask=~ok),
-                pa.array([self.model_id] * n, pa.string()),
-                pa.array([self.run_id] * n, pa.string()),
-                pa.array(errors, pa.string()),
-            ],
-            schema=self.schema,
-        )
+        return predictions_table(self, image_id, uri, outputs, errors)
+
+    def decode_jpegs(self, encoded: list[bytes]) -> tuple[torch.Tensor, list[str | None]]:
+        """JPEG bytes → ``uint8 (N,C,H,W)`` on this predictor's device (:func:`.device_decode.decode_jpegs`)."""
+        return device_decode.decode_jpegs(encoded, self.spec, self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         if self.fetch_decode:
             batch = fetch_and_decode(batch, self.loaded.preprocessing, self.storage, defer_jpeg=self.defer_jpeg)
         if "encoded" in batch:
-            pixels, errors = self.assemble(batch["encoded"], batch["decoded"], batch["error"])
+            pixels, errors = device_decode.assemble(batch["encoded"], batch["decoded"], batch["error"], self.spec, self.device, self._to_device)
         else:
             pixels, errors = batch["pixels"], batch["error"]
         return self.predict_table(batch["image_id"], batch["uri"], pixels, errors)
-
-    def assemble(self, encoded, decoded, errors) -> tuple[torch.Tensor, np.ndarray]:
-        """A ``defer_jpeg`` batch's pixels, made on the predictor's device: CPU-decoded rows from
-        their ``decoded`` bytes, deferred JPEGs decoded there (:meth:`decode_jpegs`)."""
-        spec, errors = self.spec, np.array(errors, dtype=object)
-        pixels = torch.zeros((len(errors), *spec.shape), dtype=torch.uint8, device=self.device)
-        ok = [i for i in range(len(errors)) if not is_error(errors[i])]
-        cpu = [i for i in ok if len(decoded[i])]
-        if cpu:
-            rows = np.stack([np.frombuffer(decoded[i], dtype=np.uint8).reshape(spec.shape) for i in cpu])
-            pixels[torch.as_tensor(cpu, device=pixels.device)] = self._to_device(rows)
-        todo = [i for i in ok if not len(decoded[i]) and len(encoded[i])]
-        if todo:
-            images, errs = self.decode_jpegs([bytes(encoded[i]) for i in todo])
-            pixels[torch.as_tensor(todo, device=pixels.device)] = images
-            for i, e in zip(todo, errs):
-                errors[i] = e
-        return pixels, errors
