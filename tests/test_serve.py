@@ -270,6 +270,20 @@ def test_bad_request_gets_its_4xx_and_a_json_error(service, method, path, kwargs
     assert set(body) >= {"error"} and isinstance(body["error"], str) and words in body["error"], body
 
 
+def test_the_default_ingress_is_haproxy_in_front_of_the_replica(service):
+    """serve.ingress=haproxy (the default): the process listening on the service's port is the
+    HAProxy that Ray Serve starts, and Ray's workers carry the mode's environment."""
+    import psutil
+
+    from catalog_vision.serve.run import cluster_ingress
+
+    port = int(service["url"].rsplit(":", 1)[1])
+    assert requests.get(f"{service['url']}/v2/health/live", timeout=30).status_code == 200
+    listeners = {c.pid for c in psutil.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
+    assert listeners and {psutil.Process(pid).name() for pid in listeners} == {"haproxy"}
+    assert service["cfg"]["serve"]["ingress"] == cluster_ingress() == "haproxy"
+
+
 def test_health_and_metadata(service, direct):
     url = service["url"]
     assert requests.get(f"{url}/v2/health/live", timeout=30).json() == {"live": True}

@@ -128,7 +128,11 @@ def test_rollout_to_a_new_checkpoint_under_load_fails_no_request(ray_local, two_
         load.stop.set()
         for t in load.threads:
             t.join(timeout=120)
-        status = serve.status().applications[MODEL]
+        # The old replica drains before it stops (with serve.ingress=haproxy for at least
+        # RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S): the roll-out ends once it is gone.
+        settle = time.monotonic() + 90
+        while (status := serve.status().applications[MODEL]).status != "RUNNING" and time.monotonic() < settle:
+            time.sleep(0.5)
     finally:
         load.stop.set()
         serve.shutdown()

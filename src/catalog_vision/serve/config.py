@@ -7,6 +7,11 @@ from typing import Any, Mapping
 POSITIVE_INTS = ("max_batch_size", "max_ongoing_requests", "max_images_per_request", "max_topk", "num_cpus")
 # Deployment options passed through as they are: how a roll-out replaces replicas and health-checks them.
 ROLLOUT_KEYS = ("max_surge_percent", "graceful_shutdown_wait_loop_s", "graceful_shutdown_timeout_s", "health_check_period_s", "health_check_timeout_s")
+# serve.ingress -> the environment Ray must start with (read by Serve's processes at start-up).
+INGRESS_ENV = {
+    "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"},
+    "proxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "0", "RAY_SERVE_ENABLE_HA_PROXY": "0"},
+}
 AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests", "initial_replicas", "upscale_delay_s", "downscale_delay_s")
 
 
@@ -29,6 +34,8 @@ def check_serve(s: Mapping[str, Any]) -> None:
             f"serve.max_ongoing_requests={s['max_ongoing_requests']} < serve.max_batch_size={s['max_batch_size']}: "
             "a replica would never hold enough requests to fill a batch; raise max_ongoing_requests or lower max_batch_size"
         )
+    if s.get("ingress", "proxy") not in INGRESS_ENV:
+        raise ValueError(f"serve.ingress={s['ingress']!r}; choose one of {sorted(INGRESS_ENV)}")
     _check_overload(s)
     _check_predictions(s.get("predictions") or {})
     _check_replicas(s.get("autoscaling"), s.get("num_replicas"))

@@ -63,8 +63,11 @@ def to_yaml(config: Mapping[str, Any]) -> str:
     return yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=False, width=1000)
 
 
-def render(config: Mapping[str, Any], command: str) -> str:
+def render(config: Mapping[str, Any], command: str, ingress: str = "proxy") -> str:
     """The ``serve deploy`` file: a header naming the command that generated it, then the config."""
+    from .config import INGRESS_ENV
+
+    env = " ".join(f"{k}={v}" for k, v in INGRESS_ENV[ingress].items())
     header = (
         "# Ray Serve config for `serve deploy` (and RayService serveConfigV2). GENERATED: do not edit by hand.\n"
         f"# Regenerate (tests/test_serve_deploy.py fails while this file differs from the output of):\n#   {command}\n"
@@ -74,6 +77,8 @@ def render(config: Mapping[str, Any], command: str) -> str:
         "#   export RAY_AUTH_MODE=token\n"
         "#   serve deploy cluster/serve-deploy.yaml -a http://<head>:8265\n"
         "#   serve status -a http://<head>:8265\n"
+        f"# serve.ingress={ingress}: every node's `ray start` runs with {env} in its environment\n"
+        "# (cluster/gpu-cluster.yaml and rayservice.yaml set it; README \"Serving\").\n"
     )
     return header + to_yaml(config)
 
@@ -103,7 +108,7 @@ def generate(cfg: Mapping[str, Any], overrides: list[str], out: str, rayservice:
     RayService manifest with that same config as its ``serveConfigV2``. Validated with Serve's schema."""
     config = deploy_config(cfg)
     validate(config)
-    files = {out: render(config, command_line(overrides, out, rayservice))}
+    files = {out: render(config, command_line(overrides, out, rayservice), cfg["serve"].get("ingress", "proxy"))}
     if rayservice:
         with open(rayservice) as f:
             files[rayservice] = with_serve_config(f.read(), config)
