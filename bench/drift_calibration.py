@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as results_file  # noqa: E402
 
 HELD_OUT = ["Bag", "Ankle boot"]
 PRIOR_WEIGHTS = {"T-shirt/top": 1.5, "Trouser": 1.5}
@@ -127,14 +129,24 @@ def calibrate(pools: dict, args, settings: dict) -> list[dict]:
     return out
 
 
-def print_table(results: list[dict], args) -> None:
+def print_table(results: list[dict], args, pools: dict) -> None:
     print(f"\nalarm rates, {args.rows} rows per side (alpha per test {args.alpha}; loadavg {os.getloadavg()[0]:.1f})")
-    head = f"| scenario | trials | report alarms | {' | '.join(TESTS)} | goal |"
-    print(head + "\n|" + "---|" * (len(TESTS) + 4))
+    columns = ["scenario", "trials", "report alarms", *TESTS, "goal"]
+    print("| " + " | ".join(columns) + " |\n|" + "---|" * len(columns))
+    table = []
     for r in results:
         goal = "<= 5% (false alarms)" if r["scenario"] == "null" else ">= 95% (detection)"
-        cells = " | ".join(f"{r['per_test'][k] / r['trials']:.1%} (med {r['median'][k]:.3g})" for k in TESTS)
-        print(f"| {r['scenario']} | {r['trials']} | **{r['rate']:.1%}** | {cells} | {goal} |")
+        cells = [f"{r['per_test'][k] / r['trials']:.1%} (med {r['median'][k]:.3g})" for k in TESTS]
+        table.append([r["scenario"], str(r["trials"]), f"**{r['rate']:.1%}**", *cells, goal])
+        print("| " + " | ".join(table[-1]) + " |")
+    notes = [f"{args.rows:,} rows per side, alpha {args.alpha} per test; model {pools['model_id']}; shifts: priors {PRIOR_WEIGHTS}, "
+             f"brightness x{args.bright}, out-of-class {args.ooc:.0%} of {args.held_out}. Per-test cells: the test's alarm rate, "
+             "and the median of its statistic over the trials."]
+    results_file.save("drift_calibration", command(), columns, table, notes, align="lrrrrrrrl")
+
+
+def command() -> str:
+    return "python bench/drift_calibration.py " + " ".join(sys.argv[1:])
 
 
 def scale(pools: dict, n: int, settings: dict, tmp: str) -> None:
@@ -168,11 +180,15 @@ def scale(pools: dict, n: int, settings: dict, tmp: str) -> None:
     r = run_drift(cfg)
     total = time.perf_counter() - t
     print(f"\n{n:,} vs {n:,} rows (real embeddings tiled; current side brightened; loadavg {os.getloadavg()[0]:.1f})")
-    print("| step | seconds |\n|---|---|")
-    print(f"| baseline: read both tables' columns with pyarrow, nothing else | {t_read:.1f} |")
-    print(f"| jobs/drift.py's run_drift: load, 5 tests, 3 figures, drift.json (goal <= 60) | {total:.1f} (load {r['seconds']['load']}) |")
-    print(f"verdict {r['verdict']} {r['alarms']}; embedding tests on {settings['classifier']['rows']} (classifier) "
-          f"and {settings['mmd']['rows']} (MMD) sampled rows per side")
+    columns = ["step", "seconds"]
+    table = [["baseline: read both tables' columns with pyarrow, nothing else", f"{t_read:.1f}"],
+             ["jobs/drift.py's run_drift: load, 5 tests, 3 figures, drift.json (goal <= 60)", f"{total:.1f} (load {r['seconds']['load']})"]]
+    print("| step | seconds |\n|---|---|\n" + "\n".join(f"| {a} | {b} |" for a, b in table))
+    verdict = (f"verdict {r['verdict']} {r['alarms']}; embedding tests on {settings['classifier']['rows']} (classifier) "
+               f"and {settings['mmd']['rows']} (MMD) sampled rows per side")
+    print(verdict)
+    notes = [f"{n:,} vs {n:,} rows: real embeddings of the in-class pool tiled, the current side from the brightened pool. It printed: {verdict}."]
+    results_file.save("drift_scale", command(), columns, table, notes)
 
 
 def main() -> None:
@@ -194,7 +210,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="drift-cal-") as tmp:
         pools = embed_pools(args, tmp)
         print(f"shifts: priors {PRIOR_WEIGHTS}, brightness x{args.bright}, out-of-class {args.ooc:.0%} of {args.held_out}")
-        print_table(calibrate(pools, args, settings), args)
+        print_table(calibrate(pools, args, settings), args, pools)
         if args.scale_rows:
             scale(pools, args.scale_rows, settings, tmp)
 

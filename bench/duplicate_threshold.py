@@ -16,6 +16,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as results_file  # noqa: E402
 
 
 def pixels(uri: str) -> np.ndarray:
@@ -50,19 +52,25 @@ def main() -> None:
     index.add(x)
     sims, _ = index.search(x[:: max(1, len(x) // 10000)], 2)
     nn = sims[:, 1]
-    print(f"{len(x):,} images; nearest-neighbour cosine of {len(nn):,} of them: median {np.median(nn):.4f}, "
-          + ", ".join(f"share >= {t}: {np.mean(nn >= t):.1%}" for t in (0.98, 0.99, 0.999)))
+    nn_line = (f"{len(x):,} images; nearest-neighbour cosine of {len(nn):,} of them: median {np.median(nn):.4f}, "
+               + ", ".join(f"share >= {t}: {np.mean(nn >= t):.1%}" for t in (0.98, 0.99, 0.999)))
+    print(nn_line)
     i, j, s, _ = similar_pairs(x, args.low, method="exact")
     rng = np.random.default_rng(0)
-    print("\n| embedding cosine | pairs | median pixel correlation | pairs with pixel correlation > 0.95 |\n|---|---:|---:|---:|")
+    columns = ["embedding cosine", "pairs", "median pixel correlation", "pairs with pixel correlation > 0.95"]
+    print("\n| " + " | ".join(columns) + " |\n|---|---:|---:|---:|")
     edges = list(args.bands) + [1.01]
+    table = []
     for lo, hi in zip(edges[:-1], edges[1:]):
         k = np.flatnonzero((s >= lo) & (s < hi))
         pick = k if len(k) <= args.per_band else rng.choice(k, args.per_band, replace=False)
         c = np.array([correlation(uris[i[q]], uris[j[q]]) for q in pick])
         c = c[~np.isnan(c)]
         band = f"{lo} – {hi}" if hi <= 1 else f"≥ {lo}"
-        print(f"| {band} | {len(k):,} | {np.median(c) if len(c) else float('nan'):.3f} | {np.mean(c > 0.95) if len(c) else float('nan'):.0%} |")
+        table.append([band, f"{len(k):,}", f"{np.median(c) if len(c) else float('nan'):.3f}", f"{np.mean(c > 0.95) if len(c) else float('nan'):.0%}"])
+        print("| " + " | ".join(table[-1]) + " |", flush=True)
+    notes = [f"{nn_line}; pixel correlation on up to {args.per_band} pairs per band."]
+    results_file.save("duplicate_threshold", "python bench/duplicate_threshold.py " + " ".join(sys.argv[1:]), columns, table, notes)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import results as results_file  # noqa: E402
 
 
 def tiled(x: np.ndarray, rows: int, noise: float, seed: int = 0) -> np.ndarray:
@@ -66,10 +68,10 @@ def measure(x: np.ndarray, sample: np.ndarray, truth: set, threshold: float, lab
             "recall": tp / len(truth) if truth else 1.0}
 
 
-def row(r: dict, note: str = "") -> str:
+def row(r: dict) -> list[str]:
     params = " ".join(f"{k}={v}" for k, v in r["params"].items())
-    return (f"| {r['data']} | {r['rows']:,} | {r['method']} {params} | {r['seconds']:.1f}{note} | {r['pairs']:,} | "
-            f"{r['sample_pairs']:,} | {r['precision']:.4f} | {r['recall']:.4f} |")
+    return [r["data"], f"{r['rows']:,}", f"{r['method']} {params}".strip(), f"{r['seconds']:.1f}", f"{r['pairs']:,}",
+            f"{r['sample_pairs']:,}", f"{r['precision']:.4f}", f"{r['recall']:.4f}"]
 
 
 def main() -> None:
@@ -93,24 +95,29 @@ def main() -> None:
     results = []
     sample = np.sort(rng.choice(len(real), min(args.sample, len(real)), replace=False))
     truth = exact_sample_pairs(real, sample, args.threshold)
-    results.append((measure(real, sample, truth, args.threshold, "real", method="exact"), ""))
+    results.append(measure(real, sample, truth, args.threshold, "real", method="exact"))
     for nprobe in args.nprobe:
-        results.append((measure(real, sample, truth, args.threshold, "real", method="ivf", nprobe=nprobe), ""))
+        results.append(measure(real, sample, truth, args.threshold, "real", method="ivf", nprobe=nprobe))
     sample = np.sort(rng.choice(len(big), args.sample, replace=False))
     truth = exact_sample_pairs(big, sample, args.threshold)
     base = measure(big[: args.baseline_rows], sample[sample < args.baseline_rows], set(), args.threshold, "tiled", method="exact")
     factor = (len(big) / args.baseline_rows) ** 2
     print(f"  baseline exact on {args.baseline_rows:,} rows: {base['seconds']:.1f} s", flush=True)
     for nprobe in args.nprobe:
-        results.append((measure(big, sample, truth, args.threshold, "tiled", method="ivf", nprobe=nprobe), ""))
-        print(f"  ivf nprobe={nprobe}: {results[-1][0]['seconds']:.1f} s", flush=True)
-    print(f"\n| data | rows | method | seconds | pairs found | exact pairs in the {args.sample:,}-row sample | precision | recall |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r, note in results:
-        print(row(r, note))
-    print(f"| tiled | {len(big):,} | exact (baseline) | {base['seconds'] * factor:.0f} (extrapolated: {base['seconds']:.1f} s on "
-          f"{args.baseline_rows:,} rows x {factor:.0f}) | - | - | 1 | 1 |")
+        results.append(measure(big, sample, truth, args.threshold, "tiled", method="ivf", nprobe=nprobe))
+        print(f"  ivf nprobe={nprobe}: {results[-1]['seconds']:.1f} s", flush=True)
+    columns = ["data", "rows", "method", "seconds", "pairs found", f"exact pairs in the {args.sample:,}-row sample", "precision", "recall"]
+    table = [row(r) for r in results]
+    table.append(["tiled", f"{len(big):,}", "exact (baseline)", f"{base['seconds'] * factor:.0f} (extrapolated: {base['seconds']:.1f} s on "
+                  f"{args.baseline_rows:,} rows x {factor:.0f})", "-", "-", "1", "1"])
+    print("\n| " + " | ".join(columns) + " |\n|---|---|---|---|---|---|---|---|")
+    for cells in table:
+        print("| " + " | ".join(cells) + " |")
     print(f"loadavg after: {os.getloadavg()[0]:.1f}; goal: <= 600 s on 1,000,000 rows, precision >= 0.99, recall >= 0.95")
+    notes = [f"{len(real):,} real embeddings (D={real.shape[1]}) tiled to {args.rows:,} rows with Gaussian noise {args.noise} per dimension; "
+             f"threshold {args.threshold}; precision and recall on the pairs with both ends in a random {args.sample:,}-row sample, "
+             "against a numpy float64 brute force over that sample; the baseline is faiss exact range search, its time extrapolated quadratically."]
+    results_file.save("duplicates", "python bench/duplicates.py " + " ".join(sys.argv[1:]), columns, table, notes, align="lrlrrrrr")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,14 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
 
+import results as results_file  # noqa: E402
 from catalog_vision.search import ann  # noqa: E402
+
+COLUMNS = ["index", "build s", "B/vector", "recall@{k}", "p50 ms", "p99 ms", "queries/s", "load"]
+ROWS: list[list[str]] = []  # every printed row, for the result file
+NOTES: list[str] = []
 
 
 def real_embeddings(table: str) -> np.ndarray:
@@ -247,6 +253,7 @@ def duckdb_check(xb: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int,
 def print_row(r: dict) -> None:
     cells = [r["index"], f"{r['build_s']:.1f}", f"{r['bytes_per_vector']:.0f}", f"{r['recall']:.4f}", f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}",
              f"{r['qps']:,.0f}", f"{r['load']:.1f}"]
+    ROWS.append(cells)
     print("| " + " | ".join(cells) + " |", flush=True)
 
 
@@ -262,6 +269,7 @@ def main() -> None:
     ap.add_argument("--libs", default="ivf", help="ivf (the project's index) | faiss | usearch | hnswlib | all, comma-separated")
     ap.add_argument("--duckdb-queries", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--name", default="search", help="the result file: bench/results/NAME.json")
     ap.add_argument("--job", metavar="DIR", help="also time the index job end to end: write the vectors as a predictions table under DIR "
                     "(100,000-row Parquet files), build (Ray Data read + one row per image + train + add + write), then add one more file")
     args = ap.parse_args()
@@ -274,10 +282,13 @@ def main() -> None:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     print(f"# bench/search.py {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC on {socket.gethostname()} ({os.cpu_count()} CPUs, {cpu}); "
           f"load average {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}")
-    print(f"# {len(xb):,} vectors of dimension {xb.shape[1]}: {min(len(real), len(xb)):,} real embeddings from {args.table} + noisy copies "
-          f"(sigma {sigma:.3f}: copy-to-source cosine ~{c:.3f}, the median real 10th-neighbour cosine), made in {gen_s:.1f} s; "
-          f"{len(queries)} held-out noisy queries, k={args.k}, {args.threads} threads (latency: 1 thread, one query per call)")
-    print("| index | build s | B/vector | recall@%d | p50 ms | p99 ms | queries/s | load |" % args.k)
+    data = (f"{len(xb):,} vectors of dimension {xb.shape[1]}: {min(len(real), len(xb)):,} real embeddings + noisy copies "
+            f"(sigma {sigma:.3f}: copy-to-source cosine ~{c:.3f}, the median real 10th-neighbour cosine); "
+            f"{len(queries)} held-out noisy queries, k={args.k}, {args.threads} threads (latency: 1 thread, one query per call)")
+    print(f"# {data}; real embeddings from {args.table}; made in {gen_s:.1f} s")
+    NOTES.append(data + f"; load average {load0[0]:.2f} at the start, the load column when each row finished.")
+    columns = [c.format(k=args.k) for c in COLUMNS]
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---|---|---|---|---|---|")
     truth = exact_baseline(xb, queries, args)
     if args.duckdb_queries:
@@ -294,6 +305,7 @@ def main() -> None:
         job(xb, args)
     load1 = os.getloadavg()
     print(f"# load average after: {load1[0]:.2f} {load1[1]:.2f} {load1[2]:.2f}")
+    results_file.save(args.name, "python bench/search.py " + " ".join(sys.argv[1:]), columns, ROWS, NOTES)
 
 
 def write_table(xb: np.ndarray, folder: str, run_id: str, first: int, rows_per_file: int = 100_000) -> None:
@@ -338,8 +350,10 @@ def job(xb: np.ndarray, args) -> None:
         m = build(table, out, params, model_id="bench", catalog="bench")
         b, mib = m["build"], m["index_bytes"] / 2**20
         why = f" ({b['reason']})" if b.get("reason") else ""
-        print(f"# index job, {b['mode']} build{why}: {b['added_rows']:,} rows from {b['new_files']} file(s) in {time.perf_counter() - t:.1f} s "
-              f"(Ray Data read, one row per image, faiss, write; {m['rows']:,} images, {mib:.0f} MiB index); load {os.getloadavg()[0]:.1f}")
+        line = (f"index job, {b['mode']} build{why}: {b['added_rows']:,} rows from {b['new_files']} file(s) in {time.perf_counter() - t:.1f} s "
+                f"(Ray Data read, one row per image, faiss, write; {m['rows']:,} images, {mib:.0f} MiB index); load {os.getloadavg()[0]:.1f}")
+        print("# " + line)
+        NOTES.append(line)
     ray.shutdown()
 
 

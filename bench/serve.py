@@ -30,6 +30,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+import results as results_file  # noqa: E402
 
 
 def closed_loop(send, concurrency: int, seconds: float, max_requests: int) -> tuple[list[float], int, float]:
@@ -87,12 +89,13 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     base = make_cfg(f"predictor.checkpoint={args.checkpoint}", "serve.predictions.write=false", *args.overrides)
     batch = int(base["serve"]["max_batch_size"])
-    print(
-        f"# checkpoint {args.checkpoint}; serve.max_batch_size={batch}, batch_wait_timeout_s={base['serve']['batch_wait_timeout_s']}, "
-        f"max_ongoing_requests={base['serve']['max_ongoing_requests']}, replicas={base['serve']['num_replicas']}, predictor.dtype={base['predictor']['dtype']}"
-    )
-    print("| batching | request | concurrency | requests | req/s | images/s | p50 ms | p95 ms | p99 ms | mean batch | errors |")
+    settings = (f"serve.max_batch_size={batch}, batch_wait_timeout_s={base['serve']['batch_wait_timeout_s']}, "
+                f"max_ongoing_requests={base['serve']['max_ongoing_requests']}, replicas={base['serve']['num_replicas']}, predictor.dtype={base['predictor']['dtype']}")
+    print(f"# checkpoint {args.checkpoint}; {settings}")
+    columns = ["batching", "request", "concurrency", "requests", "req/s", "images/s", "p50 ms", "p95 ms", "p99 ms", "mean batch", "errors"]
+    print("| " + " | ".join(columns) + " |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    table = []
     counter = iter(range(10**9))
 
     def one(s):
@@ -125,10 +128,9 @@ def main() -> None:
             after = requests.get(f"{url}/stats", timeout=30).json()
             mean_batch = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
             p50, p95, p99 = (np.percentile(lat, q) * 1e3 for q in (50, 95, 99)) if lat else (float("nan"),) * 3
-            print(
-                f"| {mode} | {name} | {concurrency} | {len(lat)} | {len(lat) / wall:.0f} | {len(lat) * images / wall:.0f} | {p50:.1f} | {p95:.1f} | {p99:.1f} | {mean_batch:.1f} | {errors} |",
-                flush=True,
-            )
+            table.append([mode, name, str(concurrency), f"{len(lat):,}", f"{len(lat) / wall:,.0f}", f"{len(lat) * images / wall:,.0f}",
+                          f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}", f"{mean_batch:.1f}", str(errors)])
+            print("| " + " | ".join(table[-1]) + " |", flush=True)
             if mode == "on" and name == "1 image" and concurrency == 1:
                 single_c1 = p50
 
@@ -140,9 +142,11 @@ def main() -> None:
         p.predict_pixels(np.stack([decode(pngs[i % len(pngs)], p.spec)]))
         times.append(time.perf_counter() - t)
     direct = float(np.median(times[50:])) * 1e3
-    print(
-        f"\ndirect decode + predict_pixels, 1 image: p50 {direct:.2f} ms; over HTTP (batching on, concurrency 1): p50 {single_c1:.2f} ms; Serve overhead {single_c1 - direct:.2f} ms"
-    )
+    overhead = (f"direct decode + predict_pixels, 1 image: p50 {direct:.2f} ms; over HTTP (batching on, concurrency 1): p50 {single_c1:.2f} ms; "
+                f"Serve overhead {single_c1 - direct:.2f} ms")
+    print("\n" + overhead)
+    notes = [f"{settings}; {args.seconds:g} s per row after a 1 s warm-up; clients are threads in the benchmark's process, on the server's host.", overhead]
+    results_file.save("serve", "python bench/serve.py " + " ".join(sys.argv[1:]), columns, table, notes, align="llrrrrrrrrr")
     serve.shutdown()
     ray.shutdown()
 

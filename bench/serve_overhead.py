@@ -28,6 +28,8 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "bench"))
+import results as results_file  # noqa: E402
 
 VARIANTS = {
     "batching on, access log on": [],
@@ -106,8 +108,19 @@ def main() -> None:
                 rows.setdefault((name, route), []).append(v)
                 print(f"| {rnd} | {name} | {route} | {v:.2f} | {v / d:.1f}x | {os.getloadavg()[0]:.1f} |", flush=True)
     print("\nmedian over rounds (ms): " + "; ".join(f"{n} {r}: {np.median(v):.2f}" for (n, r), v in rows.items()))
+    save(rows, args, sv, base)
     serve.shutdown()
     ray.shutdown()
+
+
+def save(rows: dict, args, sv: dict, base: dict) -> None:
+    """One row per variant and route: the median over rounds, its ratio to the direct call's, and each round's p50."""
+    direct = float(np.median(rows[("direct", "decode + predict_pixels")]))
+    columns = ["variant", "route", "p50 ms (median of rounds)", "x direct", "p50 ms per round"]
+    table = [[name, route, f"{np.median(v):.2f}", f"{np.median(v) / direct:.1f}", " / ".join(f"{x:.2f}" for x in v)] for (name, route), v in rows.items()]
+    notes = [f"One client, one request at a time; {args.requests} requests per variant and round, {args.rounds} rounds interleaved; "
+             f"serve.max_batch_size={sv['max_batch_size']}, batch_wait_timeout_s={sv['batch_wait_timeout_s']}, dtype={base['predictor']['dtype']}."]
+    results_file.save("serve_overhead", "python bench/serve_overhead.py " + " ".join(sys.argv[1:]), columns, table, notes, align="llrrl")
 
 
 if __name__ == "__main__":
