@@ -41,8 +41,9 @@ class FaultProxy:
         self.delay_s = delay_s
         self.outage = outage
         self.first_attempt_faults = first_attempt_faults
-        self.attempts: Counter = Counter()
-        self.injected: Counter = Counter()
+        self.attempts: Counter = Counter()  # GETs per object path under fault_prefix
+        self.injected: Counter = Counter()  # faults per kind
+        self.faulted: dict[str, list[str]] = {}  # object path -> the faults it got, in order
         self.lock = threading.Lock()
         proxy = self
 
@@ -121,6 +122,7 @@ class FaultProxy:
         if fault:
             with self.lock:
                 self.injected[fault] += 1
+                self.faulted.setdefault(path, []).append(fault)
         return fault
 
     def __enter__(self):
