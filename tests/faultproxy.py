@@ -48,8 +48,9 @@ class FaultProxy:
         self.first_attempt_faults = first_attempt_faults
         self.hide_from_list = set(hide_from_list or ())
         self.hidden = 0
-        self.attempts: Counter = Counter()
-        self.injected: Counter = Counter()
+        self.attempts: Counter = Counter()  # GETs per object path under fault_prefix
+        self.injected: Counter = Counter()  # faults per kind
+        self.faulted: dict[str, list[str]] = {}  # object path -> the faults it got, in order
         self.lock = threading.Lock()
         proxy = self
 
@@ -130,6 +131,7 @@ class FaultProxy:
         if fault:
             with self.lock:
                 self.injected[fault] += 1
+                self.faulted.setdefault(path, []).append(fault)
         return fault
 
     def hide(self, listing: bytes) -> bytes:

@@ -7,7 +7,6 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from catalog_vision import checkpoint as ckpt, make_catalog
 from catalog_vision.backfill import backfill
@@ -25,6 +24,7 @@ def test_multilabel_tiles_train_backfill_report(ray_local, fmnist, tmp_path):
     cfg = make_cfg(
         "experiment=smoke", "data=fashion_mnist_tiles", f"paths.root={tmp_path}", f"data.source={fmnist}",
         "data.limit.train=384", "data.limit.val=128", "data.limit.test=64", "trainer.epochs=3", "trainer.checkpoints_to_keep=1",
+        "trainer.precision=float32",  # validation scores as the float32 Predictor gives them: the thresholds can be checked below
     )
     cat = make_catalog(cfg)
     assert cat["task"] == "multilabel" and cat["splits"] == {"test": 64, "train": 384, "val": 128}
@@ -35,15 +35,39 @@ def test_multilabel_tiles_train_backfill_report(ray_local, fmnist, tmp_path):
     summary = train(cfg)
     meta = ckpt.read_meta(summary["checkpoint"])
     assert meta["task"] == "multilabel" and len(meta["thresholds"]) == 10
-    assert all(0.0 < t < 1.0 for t in meta["thresholds"])
     assert [h["epoch"] for h in meta["history"]] == [0, 1, 2]
-    assert 0.0 <= summary["val/hamming_loss"] < 0.5 and "val/f1_macro" in summary
+    # It learned: validation loss falls, and macro F1 at the chosen thresholds beats "every label on
+    # every tile" (the best a model that ignores the image can do on F1: 2p / (1 + p) per class).
+    # Hamming loss is not the yardstick: best-F1 thresholds trade false positives for recall.
+    hist = meta["history"]
+    val_rows = manifest.filter(pc.equal(manifest.column("split"), "val")).column("labels").to_pylist()
+    prevalence = np.array([np.mean([c in labels for labels in val_rows]) for c in meta["classes"]])
+    all_on = float(np.mean(2 * prevalence / (1 + prevalence)))
+    print("multilabel val loss, f1_macro, hamming:", [(round(h["val/loss"], 4), round(h["val/f1_macro"], 4), round(h["val/hamming_loss"], 4)) for h in hist])
+    print("all-labels baseline f1_macro:", round(all_on, 4))
+    assert hist[-1]["val/loss"] < hist[0]["val/loss"] and meta["metrics"]["val/f1_macro"] > all_on + 0.05, (hist, all_on)
+
+    # The stored thresholds are, per class, ones with the best F1 on the validation split: scores
+    # recomputed here with the exported model, every candidate threshold tried by brute force.
+    pred = Predictor(summary["checkpoint"], dtype="float32")
+    val = decoded_catalog(cfg["data"], meta["preprocessing"], cfg["storage"], split="val").take_all()
+    val_scores, _ = pred.predict_pixels(np.stack([r["pixels"] for r in val]))
+    truth = {r["image_id"]: r["labels"] for r in manifest.to_pylist()}
+    val_truth = np.array([[c in truth[r["image_id"]] for c in meta["classes"]] for r in val])
+
+    def f1_at(k: int, t: float) -> float:
+        hit = val_scores[:, k] >= t
+        tp = np.sum(hit & val_truth[:, k])
+        return 2 * tp / max(1, hit.sum() + val_truth[:, k].sum())
+
+    for k, t in enumerate(meta["thresholds"]):
+        best = max(f1_at(k, c) for c in val_scores[:, k])
+        assert f1_at(k, t - 1e-5) == pytest.approx(best), (meta["classes"][k], t, f1_at(k, t - 1e-5), best)
 
     # The backfill's `labels` are exactly the classes whose sigmoid score clears their threshold.
     bf = backfill({**cfg, "predictor": {**cfg["predictor"], "checkpoint": summary["checkpoint"], "dtype": "float32"}})
     assert bf["counts"]["predicted"] == 64
     got = {r["image_id"]: r["labels"] for r in read_predictions(bf["output"], columns=["image_id", "labels"]).to_pylist()}
-    pred = Predictor(summary["checkpoint"], dtype="float32")
     rows = decoded_catalog(cfg["data"], meta["preprocessing"], cfg["storage"], split="test").take_all()
     probs, _ = pred.predict_pixels(np.stack([r["pixels"] for r in rows]))
     assert probs.min() >= 0 and probs.max() <= 1 and not np.allclose(probs.sum(1), 1.0)  # sigmoids, not a softmax
@@ -56,7 +80,6 @@ def test_multilabel_tiles_train_backfill_report(ray_local, fmnist, tmp_path):
     from sklearn.preprocessing import MultiLabelBinarizer
 
     report = evaluate({**cfg, "evaluate": {**cfg["evaluate"], "checkpoint": summary["checkpoint"], "source": "predictions", "predictions": bf["output"]}})
-    truth = {r["image_id"]: r["labels"] for r in manifest.to_pylist()}
     ids = sorted(got)
     mlb = MultiLabelBinarizer(classes=meta["classes"])
     yt, yp = mlb.fit_transform([truth[i] for i in ids]), mlb.transform([got[i] for i in ids])
@@ -64,4 +87,4 @@ def test_multilabel_tiles_train_backfill_report(ray_local, fmnist, tmp_path):
     f1 = f1_score(yt, yp, average=None, zero_division=0)
     assert [report["per_class"][c]["f1"] for c in meta["classes"]] == pytest.approx(f1.tolist())
     print("multilabel report:", json.dumps({"hamming_loss": round(report["metrics"]["hamming_loss"], 4), "f1_macro": round(report["metrics"]["f1_macro"], 4)}))
-    torch.testing.assert_close(torch.tensor(sorted(report["thresholds"].values())), torch.tensor(sorted(meta["thresholds"])))
+    assert report["thresholds"] == dict(zip(meta["classes"], meta["thresholds"]))

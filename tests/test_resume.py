@@ -101,42 +101,51 @@ def kill_overrides(local_catalog, random_checkpoint, tmp_path) -> list[str]:
 
 
 def test_inference_actor_killed_mid_run_the_run_recovers(ray_local, local_catalog, random_checkpoint, tmp_path):
-    """SIGKILL a predictor actor's process mid-run: Ray restarts the actor, Ray Data retries its
-    blocks, and the same run ends with exactly one row per image."""
+    """SIGKILL a predictor actor's process while it runs a batch: Ray restarts the actor, the batch it
+    was running is sent again, and the same run ends with exactly one row per image."""
     import psutil
-    from ray.util.state import list_actors
+    from ray.util.state import list_actors, list_tasks
 
     model_id = load(random_checkpoint).model_id
     # Batches of 8: a few seconds of actor work, so the kill lands while the actors are busy.
     overrides = [*kill_overrides(local_catalog, random_checkpoint, tmp_path), "predictor.min_actors=2", "predictor.max_actors=2", "predictor.batch_size=8", "data.decode_batch_size=8"]
     run_dir = tmp_path / "predictions" / model_id / catalog_id(make_cfg(*overrides)["data"]) / "actor-killed"
+    address = ray_local.get_runtime_context().gcs_address  # this cluster: another Ray instance on the machine would make it ambiguous
     driver = start_logged(
-        [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={ray_local.get_runtime_context().gcs_address}", "run_id=actor-killed"],
+        [sys.executable, "jobs/backfill.py", *overrides, f"ray.address={address}", "run_id=actor-killed"],
         tmp_path / "actor-killed.log", cwd=REPO,
     )
 
-    def predictor_pids():
-        # This cluster's address: another Ray instance on the machine would make it ambiguous.
-        actors = list_actors(address=ray_local.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")], detail=True)
-        return [a.pid for a in actors if "Predictor" in (a.class_name or "") and a.pid]
+    def predictors() -> dict[str, int]:
+        actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True)
+        return {a.actor_id: a.pid for a in actors if "Predictor" in (a.class_name or "") and a.pid}
 
+    def tasks_of(actor_id: str, *filters) -> list:
+        return list_tasks(address=address, filters=[("actor_id", "=", actor_id), *filters], detail=True, limit=10_000)
+
+    # Kill an actor only while it has a batch RUNNING, so the kill interrupts work in flight.
     deadline = time.monotonic() + 300
-    pids = []
-    while time.monotonic() < deadline and driver.poll() is None and not pids:
-        pids = predictor_pids()
+    victim = None
+    while time.monotonic() < deadline and driver.poll() is None and victim is None:
+        victim = next(((aid, pid) for aid, pid in predictors().items() if tasks_of(aid, ("state", "=", "RUNNING"))), None)
         time.sleep(0.1)
-    time.sleep(1.0)  # let them work for a moment
-    assert driver.poll() is None and pids, "the run finished before an actor could be killed:\n" + output(driver)[-3000:]
-    psutil.Process(pids[0]).kill()  # SIGKILL: no cleanup, like an OOM kill or a lost node
+    assert driver.poll() is None and victim, "the run finished before a busy actor could be killed:\n" + output(driver)[-3000:]
+    actor_id, pid = victim
+    psutil.Process(pid).kill()  # SIGKILL: no cleanup, like an OOM kill or a lost node
     files_at_kill = len(committed_files(str(run_dir)))
     assert not (run_dir / "_run.json").exists()
-    replacement = set()
-    while driver.poll() is None and not replacement:
-        replacement = set(predictor_pids()) - set(pids)
+    replacement = None
+    while driver.poll() is None and replacement is None:
+        now = predictors().get(actor_id)  # the same actor, restarted in a new process
+        replacement = now if now not in (None, pid) else None
         time.sleep(0.2)
     log = finish(driver, 600)
-    print(f"killed predictor pid {pids[0]} with {files_at_kill}/{N_BIG // 32} files committed; replacement actor pids seen: {sorted(replacement)}")
+    retried = [t for t in tasks_of(actor_id) if t.attempt_number > 0]
+    print(f"killed predictor pid {pid} with {files_at_kill}/{N_BIG // 32} files committed; restarted as pid {replacement}; "
+          f"tasks sent again: {sorted({(t.name, t.attempt_number) for t in retried})}")
     assert driver.returncode == 0, log[-4000:]
+    assert replacement is not None, "the killed actor was never seen restarted"
+    assert retried, "no batch of the killed actor was sent again: the kill did not interrupt work in flight"
     assert files_at_kill < N_BIG // 32, "the kill landed after the last commit"
     assert f"backfill summary: {N_BIG} inputs = 0 already labeled + {N_BIG} predicted + 0 errors" in log, log[-3000:]
     ids = ids_in(committed_files(str(run_dir)))

@@ -84,15 +84,40 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
 
 
 def test_train_reads_catalog_and_writes_checkpoints_on_s3(ray_local, s3_endpoint, fmnist):
+    import io
+
+    import torch
+
     root = f"s3://{BUCKET}/train-s3"
     # The rest of the recipe rides along: mixup+cutmix, class weights, accumulation, one-cycle.
-    recipe = ["trainer.augment.mixup_alpha=0.2", "trainer.augment.cutmix_alpha=1.0", "trainer.imbalance=class_weights", "trainer.accumulate_steps=2", "trainer.schedule=onecycle", "trainer.epochs=2"]
+    recipe = ["trainer.augment.mixup_alpha=0.2", "trainer.augment.cutmix_alpha=1.0", "trainer.imbalance=class_weights", "trainer.accumulate_steps=2", "trainer.schedule=onecycle",
+              "trainer.epochs=2", "trainer.batch_size=16"]
     cfg = make_cfg("experiment=smoke", "storage=s3", f"paths.root={root}", f"data.source={fmnist}", "data.limit.train=256", "data.limit.val=64", "data.limit.test=0", *recipe)
     make_catalog(cfg)
     summary = train(cfg)
-    assert [h["epoch"] for h in summary["history"]] == [0, 1] and all(h["train/loss"] > 0 for h in summary["history"])
+    assert [h["epoch"] for h in summary["history"]] == [0, 1] and summary["train_rows"] == 256
     assert summary["checkpoint"] == f"{root}/output/model"
     loaded = ckpt.load(summary["checkpoint"], cfg["storage"])
     assert loaded.model_id == summary["model_id"]
-    keys = [o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket=BUCKET, Prefix="train-s3/output/train/")["Contents"]]
+    s3 = boto3.client("s3")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="train-s3/output/train/")["Contents"]]
     assert any(k.endswith("epoch_0000/model.safetensors") for k in keys), keys
+
+    # Accumulation: each of the 2 workers sees 128 images in batches of 16, so 8 batches and, with
+    # accumulate_steps=2, 4 optimizer (and scheduler) steps per epoch. The epoch checkpoints' scheduler
+    # states count them; the learning rate recorded per epoch is one-cycle's after that many steps.
+    t = cfg["trainer"]
+    steps_per_epoch = 256 // t["num_workers"] // t["batch_size"] // t["accumulate_steps"]
+    assert steps_per_epoch == 4
+    states = [torch.load(io.BytesIO(s3.get_object(Bucket=BUCKET, Key=k)["Body"].read()), weights_only=True)
+              for k in sorted(k for k in keys if k.endswith("/train_state.pt"))]
+    assert [st["scheduler"]["last_epoch"] for st in states] == [steps_per_epoch, 2 * steps_per_epoch]
+    replay = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=t["lr"])
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(replay, max_lr=t["lr"], total_steps=t["epochs"] * steps_per_epoch, pct_start=t["warmup_epochs"] / t["epochs"])
+    expected = []
+    for _ in range(t["epochs"]):
+        for _ in range(steps_per_epoch):
+            replay.step()
+            one_cycle.step()
+        expected.append(one_cycle.get_last_lr()[0])
+    assert [h["lr"] for h in summary["history"]] == pytest.approx(expected, rel=1e-9)

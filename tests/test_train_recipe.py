@@ -106,6 +106,22 @@ def test_onecycle_schedule_rises_to_the_peak_and_anneals():
     assert lrs.index(max(lrs)) < 10  # warmup (the rising phase) ends in the first epoch
 
 
+@pytest.mark.parametrize("steps_per_epoch, epochs, warmup_epochs", [(2, 2, 0.5), (10, 2, 0.0), (1, 2, 1.0), (3, 1, 0.5)])
+def test_onecycle_runs_when_the_rising_phase_would_be_one_step(steps_per_epoch, epochs, warmup_epochs):
+    """torch's OneCycleLR divides by (pct_start * total_steps - 1): a rise of exactly one step (a short
+    run, or 20 steps at the 5% floor) crashed training at its first step with a ZeroDivisionError."""
+    t = trainer("trainer.schedule=onecycle", f"trainer.epochs={epochs}", f"trainer.warmup_epochs={warmup_epochs}")
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=t["lr"])
+    sched = make_scheduler(opt, t, steps_per_epoch=steps_per_epoch)
+    lrs = [sched.get_last_lr()[0]]
+    for _ in range(steps_per_epoch * epochs):
+        opt.step()
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    used = lrs[:-1]  # the rates the optimizer steps ran with (the last entry follows the last step)
+    assert max(used) <= t["lr"] * (1 + 1e-9) and used[-1] < t["lr"] / 50
+
+
 def test_tiles_are_multilabel_and_never_share_items():
     x = np.stack([np.full((28, 28), i + 1, np.uint8) for i in range(40)])
     y = np.arange(40) % 10

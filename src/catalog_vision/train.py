@@ -96,7 +96,10 @@ def make_scheduler(optimizer, t: Mapping[str, Any], steps_per_epoch: int):
     total = max(1, steps_per_epoch * int(t["epochs"]))
     warmup = int(float(t.get("warmup_epochs", 0)) * steps_per_epoch)
     if t.get("schedule", "cosine") == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t["lr"], total_steps=total, pct_start=min(0.5, max(0.05, warmup / total)))
+        rise = min(0.5, max(0.05, warmup / total)) * total  # steps in the rising phase
+        if abs(rise - 1) < 1e-9:  # torch divides by (rise - 1): a one-step rise is a ZeroDivisionError
+            rise = 2.0 if total >= 4 else 0.5
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=t["lr"], total_steps=total, pct_start=rise / total)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
 
 
