@@ -12,6 +12,9 @@ under `ray job submit`: `python jobs/<job>.py` drivers with RAY_ADDRESS set to t
 
 One cluster for the module: each test starts from two live worker nodes (the fixture replaces
 nodes a previous test killed), and each backfill writes to its own fresh output folder.
+
+The cluster detects a dead node and gives up on an unplaceable worker group sooner than Ray's
+defaults (FAST_FAILOVER): what the tests check does not change, only how long they wait for it.
 """
 
 from __future__ import annotations
@@ -23,16 +26,30 @@ import time
 from pathlib import Path
 
 import duckdb
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, make_cfg
-from raycluster import add_node, alive_nodes, remove_node, start_cluster, stop_cluster, wait_for
+from raycluster import add_node, alive_nodes, client_env, remove_node, start_cluster, stop_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
 NODE = '{"cv_node": 1}'  # one per worker node: one predictor actor / Train worker per node
 PER_ACTOR = "{cv_node:1}"  # the same, as a Hydra override
-TEST_IMAGES = 1500
+TEST_IMAGES = 1500  # a backfill of all of them still runs when the first files are committed and a node is killed
+SPREAD_IMAGES = 384  # the placement test needs both actors started, not a long run: 12 batches of 32
+FAST_FAILOVER = {
+    # The GCS checks each raylet's health every 0.5 s and marks it dead after 4 failed checks in a
+    # row (Ray's defaults: 3 s and 5). A SIGKILLed raylet refuses the check at once, so the node is
+    # dead within ~2 s; a busy raylet still has the default 10 s per check to answer.
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_failure_threshold": "4",
+    # Ray Train sizes the elastic group from the cluster's resources; a restart sized while the killed
+    # node still counted waits this long for its placement group (default 60 s), then is sized again.
+    # Startup timeouts are controller errors, retried without limit and not counted in max_failures.
+    "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": "15",
+}
 
 
 class Nodes:
@@ -59,14 +76,17 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, fmnist):
-    c = start_cluster(num_cpus=1)  # the head: drivers, coordinators, a few small tasks
+    c = start_cluster(num_cpus=1, env={**client_env(), **FAST_FAILOVER})  # the head: drivers, coordinators, a few small tasks
     nodes = Nodes(c)
     try:
         root = tmp_path_factory.mktemp("mn")
         out = driver(c, "jobs/make_catalog.py", "experiment=smoke", f"paths.root={root}", f"data.source={fmnist}", f"data.limit.test={TEST_IMAGES}")
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
         manifest = root / "catalog" / "manifest.parquet"
-        yield {"cluster": c, "nodes": nodes, "root": root, "manifest": str(manifest), "checkpoint": resnet_checkpoint(root / "ckpt")}
+        table = pq.read_table(manifest)
+        pq.write_table(table.filter(pc.equal(table["split"], "test")).slice(0, SPREAD_IMAGES), root / "spread-manifest.parquet")
+        yield {"cluster": c, "nodes": nodes, "root": root, "manifest": str(manifest), "spread_manifest": str(root / "spread-manifest.parquet"),
+               "checkpoint": resnet_checkpoint(root / "ckpt")}
     finally:
         for w in nodes.workers:
             remove_node(w)
@@ -101,9 +121,10 @@ def start(c, script, *args) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def backfill_args(env, out: Path, run_id: str) -> list[str]:
+def backfill_args(env, out: Path, run_id: str, manifest: str | None = None) -> list[str]:
     return [
-        "experiment=smoke", f"data.manifest={env['manifest']}", f"predictor.checkpoint={env['checkpoint']}", f"paths.output={out}", f"run_id={run_id}",
+        "experiment=smoke", f"data.manifest={manifest or env['manifest']}", f"predictor.checkpoint={env['checkpoint']}", f"paths.output={out}",
+        f"run_id={run_id}",
         "predictor.dtype=float32", "predictor.min_actors=2", "predictor.max_actors=2", "predictor.batch_size=32", "output.rows_per_file=64",
         f"predictor.resources={PER_ACTOR}", "ray.progress_bars=false",
     ]
@@ -114,8 +135,8 @@ def table_counts(out: Path) -> tuple[int, int]:
     return duckdb.connect().execute(f"SELECT count(*), count(DISTINCT image_id) FROM read_parquet('{out}/predictions/*/*/*/*.parquet')").fetchone()
 
 
-def catalog_size(env) -> int:
-    return duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{env['manifest']}') WHERE split = 'test'").fetchone()[0]
+def catalog_size(env, manifest: str | None = None) -> int:
+    return duckdb.connect().execute(f"SELECT count(*) FROM read_parquet('{manifest or env['manifest']}') WHERE split = 'test'").fetchone()[0]
 
 
 def run_manifest(out: Path, run_id: str) -> dict:
@@ -127,13 +148,14 @@ def test_backfill_actors_spread_over_worker_nodes(cluster):
     c, nodes = cluster["cluster"], cluster["nodes"]
     nodes.ensure(2)
     out = cluster["root"] / "spread"
-    r = driver(c, "jobs/backfill.py", *backfill_args(cluster, out, "spread"))
+    r = driver(c, "jobs/backfill.py", *backfill_args(cluster, out, "spread", cluster["spread_manifest"]))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     hosts = run_manifest(out, "spread")["predictor"]["hosts"]
     ran_on = sorted({h["node_id"] for h in hosts})
     print("predictor actors ran on nodes:", ran_on)
     assert len(ran_on) == 2 and None not in ran_on
-    assert table_counts(out) == (catalog_size(cluster), catalog_size(cluster))
+    assert catalog_size(cluster, cluster["spread_manifest"]) == SPREAD_IMAGES
+    assert table_counts(out) == (SPREAD_IMAGES, SPREAD_IMAGES)
 
 
 def test_node_killed_mid_backfill_leaves_one_row_per_image(cluster):
