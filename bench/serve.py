@@ -83,6 +83,9 @@ def main() -> None:
 
     x, _ = load_fashion_mnist(str(FMNIST))["test"]
     pngs = [encode_png(x[i]) for i in range(256)]
+    from catalog_vision.serve.run import set_ingress
+
+    set_ingress(make_cfg(*args.overrides)["serve"], None)  # serve.ingress: read by Serve when Ray starts
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -145,8 +148,9 @@ def main() -> None:
     overhead = (f"direct decode + predict_pixels, 1 image: p50 {direct:.2f} ms; over HTTP (batching on, concurrency 1): p50 {single_c1:.2f} ms; "
                 f"Serve overhead {single_c1 - direct:.2f} ms")
     print("\n" + overhead)
-    notes = [f"{settings}; {args.seconds:g} s per row after a 1 s warm-up; clients are threads in the benchmark's process, on the server's host.", overhead]
-    results_file.save("serve", "python bench/serve.py " + " ".join(sys.argv[1:]), columns, table, notes, align="llrrrrrrrrr")
+    ingress = base["serve"]["ingress"]
+    notes = [f"{settings}, serve.ingress={ingress}; {args.seconds:g} s per row after a 1 s warm-up; clients are threads in the benchmark's process, on the server's host.", overhead]
+    results_file.save("serve" if ingress == "haproxy" else f"serve-{ingress}", "python bench/serve.py " + " ".join(sys.argv[1:]), columns, table, notes, align="llrrrrrrrrr")
     serve.shutdown()
     ray.shutdown()
 

@@ -72,6 +72,9 @@ def main() -> None:
 
     x, _ = load_fashion_mnist(str(FMNIST))["test"]
     pngs = [encode_png(x[i]) for i in range(64)]
+    from catalog_vision.serve.run import set_ingress
+
+    set_ingress(make_cfg(*args.overrides)["serve"], None)  # serve.ingress: read by Serve when Ray starts
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
@@ -119,8 +122,10 @@ def save(rows: dict, args, sv: dict, base: dict) -> None:
     columns = ["variant", "route", "p50 ms (median of rounds)", "x direct", "p50 ms per round"]
     table = [[name, route, f"{np.median(v):.2f}", f"{np.median(v) / direct:.1f}", " / ".join(f"{x:.2f}" for x in v)] for (name, route), v in rows.items()]
     notes = [f"One client, one request at a time; {args.requests} requests per variant and round, {args.rounds} rounds interleaved; "
-             f"serve.max_batch_size={sv['max_batch_size']}, batch_wait_timeout_s={sv['batch_wait_timeout_s']}, dtype={base['predictor']['dtype']}."]
-    results_file.save("serve_overhead", "python bench/serve_overhead.py " + " ".join(sys.argv[1:]), columns, table, notes, align="llrrl")
+             f"serve.max_batch_size={sv['max_batch_size']}, batch_wait_timeout_s={sv['batch_wait_timeout_s']}, dtype={base['predictor']['dtype']}, "
+             f"serve.ingress={sv['ingress']}."]
+    name = "serve_overhead" if sv["ingress"] == "haproxy" else f"serve_overhead-{sv['ingress']}"
+    results_file.save(name, "python bench/serve_overhead.py " + " ".join(sys.argv[1:]), columns, table, notes, align="llrrl")
 
 
 if __name__ == "__main__":
