@@ -286,7 +286,7 @@ def main() -> None:
     # machine shared with other users that alone starves (a)'s actors against (b), which runs at
     # this script's priority: measured here, the actors got ~20% of a core each at load 10. Same
     # priority for both, unless the caller set it.
-    os.environ.setdefault("RAY_worker_niceness", str(os.nice(0)))
+    os.environ.setdefault("RAY_worker_niceness", "0")  # an increment over this script's niceness
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     # A running cluster has Ray Data's detached stats actor from earlier jobs; start it before timing.
