@@ -136,7 +136,8 @@ def main() -> None:
 
     a, b = float(np.mean(a_rates[1:])), float(np.mean(b_rates[1:]))
     columns = ["method", "images", "epochs", "images/s", "vs (b)", "end-to-end"]
-    table = [["(a) catalog-vision, 2 Train workers", f"{len(x):,}", str(args.epochs), f"{a:,.0f}", f"{a / b:.2f}x", f"{len(x) * args.epochs / a_total:,.0f}/s"],
+    layout = f"{t['num_workers']} Train worker{'s' if int(t['num_workers']) > 1 else ''} x {t.get('threads_per_worker') or 'all'} thread(s)"
+    table = [[f"(a) catalog-vision, {layout}", f"{len(x):,}", str(args.epochs), f"{a:,.0f}", f"{a / b:.2f}x", f"{len(x) * args.epochs / a_total:,.0f}/s"],
              ["(b) plain PyTorch, 1 process", f"{len(x):,}", str(args.epochs), f"{b:,.0f}", "1.00x", f"{len(x) * args.epochs / b_total:,.0f}/s"]]
     widths = [max(len(c), *(len(r[i]) for r in table)) for i, c in enumerate(columns)]
     print()
@@ -158,7 +159,8 @@ def main() -> None:
     notes = [setup, f"per epoch (a): {[round(r) for r in a_rates]}; (b): {[round(r) for r in b_rates]} images/s",
              f"microseconds per image, (a) one worker: {breakdown(a_clock, n_a)} (compute includes DDP's all-reduce); (b): {breakdown(b_clock, n_b)}"]
     print(setup)
-    results_file.save(f"train-{cfg['model']['name']}", "python bench/train.py " + " ".join(sys.argv[1:]), columns, table, notes, align="lrrrrr")
+    name = f"train-{cfg['model']['name']}-{t['num_workers']}x{t.get('threads_per_worker') or 'all'}"
+    results_file.save(name, "python bench/train.py " + " ".join(sys.argv[1:]), columns, table, notes, align="lrrrrr")
 
 
 if __name__ == "__main__":
