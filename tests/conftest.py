@@ -6,6 +6,7 @@ them, exactly as on a cluster whose nodes carry credentials in their environment
 
 from __future__ import annotations
 
+import hashlib
 import subprocess
 import io
 import os
@@ -94,6 +95,51 @@ def fmnist() -> Path:
     if not (FMNIST / "t10k-images-idx3-ubyte.gz").exists():
         pytest.fail(f"Fashion-MNIST not found in {FMNIST}: run `apt-get install dataset-fashion-mnist` (tests/run.sh does) or set CV_FASHION_MNIST")
     return FMNIST
+
+
+@pytest.fixture(scope="session")
+def fmnist_arrays(fmnist) -> dict:
+    """The Fashion-MNIST arrays (``{"train": (x, y), "test": (x, y)}``), read once for the session and
+    made read-only: a test that changes pixels works on its own copy, so sharing them is safe."""
+    from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
+
+    arrays = load_fashion_mnist(str(fmnist))
+    for pair in arrays.values():
+        for a in pair:
+            a.setflags(write=False)
+    return arrays
+
+
+@pytest.fixture(scope="session")
+def small_cnn(tmp_path_factory, fmnist_arrays):
+    """small_cnn trained by ``quick_checkpoint`` on the first 4,000 training images (seed 0, 2 epochs,
+    the smoke config): the trained checkpoint of the duplicates, drift and notebook-02 tests, which
+    all used this recipe, trained once for the session. Tests read it and never write into it."""
+    from catalog_vision.analytics.shifts import quick_checkpoint
+
+    cfg = make_cfg("experiment=smoke")
+    x, y = fmnist_arrays["train"]
+    path = quick_checkpoint(str(tmp_path_factory.mktemp("small-cnn") / "model"), x[:4000, None], y[:4000], cfg["data"]["classes"], cfg)
+    yield from shared_readonly(path)
+
+
+@pytest.fixture(scope="session")
+def serve_checkpoint(tmp_path_factory, fmnist_arrays):
+    """``serve_helpers.train_checkpoint`` with seed 0 and its defaults (2,000 images, 1 epoch): the
+    checkpoint of the Triton tests and the first model of the rollout test, trained once."""
+    from serve_helpers import train_checkpoint
+
+    yield from shared_readonly(train_checkpoint(tmp_path_factory.mktemp("serve-seed0") / "model", fmnist_arrays, seed=0))
+
+
+def shared_readonly(folder: str):
+    """Yield ``folder`` to the tests that share it, then check that none of them changed it."""
+    def digest() -> dict:
+        return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(Path(folder).rglob("*")) if f.is_file()}
+
+    before = digest()
+    yield folder
+    assert digest() == before, f"a test changed the shared checkpoint {folder}"
 
 
 @pytest.fixture(scope="session")

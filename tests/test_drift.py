@@ -17,24 +17,23 @@ from catalog_vision.analytics.shifts import brighten, embed, quick_checkpoint, w
 from catalog_vision.infer import Predictor
 from conftest import make_cfg
 
-pytestmark = pytest.mark.slow  # the fixture trains two small models
+pytestmark = pytest.mark.slow  # the fixture trains a small model (and uses the session's other one)
 
 HALF = 1500
 SETTINGS = ["drift.classifier.rows=3000", "drift.mmd.rows=400", "drift.mmd.permutations=200"]
 
 
 @pytest.fixture(scope="module")
-def tables(tmp_path_factory, fmnist):
+def tables(tmp_path_factory, fmnist_arrays, small_cnn):
     """Run folders: ``a`` and ``b`` two halves of 3,000 test images, ``bright`` the ``b`` images
-    brightened (+70 levels), ``wide`` the ``a`` images under a model with 64-d embeddings."""
-    from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-
-    arrays = load_fashion_mnist(str(fmnist))
+    brightened (+70 levels), all three under the session's small CNN (conftest.small_cnn), and
+    ``wide`` the ``a`` images under a model with 64-d embeddings."""
+    arrays = fmnist_arrays
     root = tmp_path_factory.mktemp("drift")
     cfg = make_cfg("experiment=smoke")
     x, y = arrays["train"]
     classes = cfg["data"]["classes"]
-    ckpt = quick_checkpoint(str(root / "model"), x[:4000, None], y[:4000], classes, cfg)
+    ckpt = small_cnn
     wide_cfg = {**cfg, "model": {**cfg["model"], "embed_dim": 64}}
     wide = quick_checkpoint(str(root / "model64"), x[:1000, None], y[:1000], classes, wide_cfg, epochs=1)
     tx = arrays["test"][0][: 2 * HALF, None].copy()

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from catalog_vision.analytics import connected_groups, run_duplicates
-from catalog_vision.analytics.shifts import brighten, quick_checkpoint
+from catalog_vision.analytics.shifts import brighten
 from catalog_vision.backfill import backfill
 from conftest import make_cfg
 
@@ -32,14 +32,9 @@ def png(arr: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, fmnist):
-    from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-
-    arrays = load_fashion_mnist(str(fmnist))
-    cfg = make_cfg("experiment=smoke")
-    x, y = arrays["train"]
-    path = str(tmp_path_factory.mktemp("dup-model") / "model")
-    return {"checkpoint": quick_checkpoint(path, x[:4000, None], y[:4000], cfg["data"]["classes"], cfg), "arrays": arrays, "classes": cfg["data"]["classes"]}
+def trained(small_cnn, fmnist_arrays):
+    """The session's small CNN (conftest.small_cnn: quick_checkpoint on 4,000 training images)."""
+    return {"checkpoint": small_cnn, "arrays": fmnist_arrays, "classes": make_cfg("experiment=smoke")["data"]["classes"]}
 
 
 @pytest.fixture(scope="module")

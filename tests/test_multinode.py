@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import REPO, finish, make_cfg, output, start_logged
-from raycluster import add_node, alive_nodes, client_env, remove_node, start_cluster, stop_cluster, wait_for
+from raycluster import add_node, alive_nodes, remove_node, start_cluster, stop_cluster, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +76,8 @@ class Nodes:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, fmnist):
+    from raycluster import client_env
+
     c = start_cluster(num_cpus=1, env={**client_env(), **FAST_FAILOVER})  # the head: drivers, coordinators, a few small tasks
     nodes = Nodes(c)
     try:

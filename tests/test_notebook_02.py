@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog_vision.analytics.shifts import brighten, quick_checkpoint
+from catalog_vision.analytics.shifts import brighten
 from catalog_vision.backfill import backfill
 from catalog_vision.search import build_index, index_folder
 from conftest import REPO, make_cfg
@@ -23,7 +23,7 @@ from test_duplicates import png
 
 NOTEBOOK = REPO / "notebooks" / "02-search-and-drift.ipynb"
 N, N_TRAIN, N_COPIES = 200, 140, 8
-THRESHOLD = 0.99  # the small CNN trained here (as in test_duplicates.py)
+THRESHOLD = 0.99  # the session's small CNN (conftest.small_cnn), as in test_duplicates.py
 
 
 def write_catalog(root: Path, rows: list[tuple[str, bytes, str, str]]) -> Path:
@@ -38,18 +38,15 @@ def write_catalog(root: Path, rows: list[tuple[str, bytes, str, str]]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def backfills(tmp_path_factory, fmnist, ray_local):
-    """Two backfills by one trained checkpoint: a catalog of 200 Fashion-MNIST test images (140
-    train, 60 test) plus 8 exact copies of train images filed as test and a corrupt file, indexed;
-    and the same 200 images brightened (+70 levels) as a second catalog."""
-    from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-
+def backfills(tmp_path_factory, fmnist_arrays, small_cnn, ray_local):
+    """Two backfills by one trained checkpoint (the session's small CNN, conftest.small_cnn): a
+    catalog of 200 Fashion-MNIST test images (140 train, 60 test) plus 8 exact copies of train
+    images filed as test and a corrupt file, indexed; and the same 200 images brightened (+70
+    levels) as a second catalog."""
     tmp = tmp_path_factory.mktemp("nb02")
-    arrays = load_fashion_mnist(str(fmnist))
     classes = make_cfg("experiment=smoke")["data"]["classes"]
-    x, y = arrays["train"]
-    checkpoint = quick_checkpoint(str(tmp / "model"), x[:4000, None], y[:4000], classes, make_cfg("experiment=smoke"))
-    tx, ty = arrays["test"]
+    checkpoint = small_cnn
+    tx, ty = fmnist_arrays["test"]
     plain = [(f"orig-{k:03d}", png(tx[k]), classes[ty[k]], "train" if k < N_TRAIN else "test") for k in range(N)]
     plain += [(f"copy-{k:03d}", png(tx[k]), classes[ty[k]], "test") for k in range(N_COPIES)]
     plain.append(("bad-000", b"not an image", "Bag", "test"))

@@ -39,13 +39,6 @@ CATALOG = "served-catalog"  # serve.predictions.catalog_id and the later backfil
 
 
 @pytest.fixture(scope="module")
-def fmnist_arrays(fmnist):
-    from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-
-    return load_fashion_mnist(str(fmnist))
-
-
-@pytest.fixture(scope="module")
 def trained_checkpoint(tmp_path_factory, fmnist_arrays):
     """small_cnn trained for a few hundred steps on 4,000 training images: decisive top-1s, so
     online/offline agreement is not decided by float noise between near-equal classes."""

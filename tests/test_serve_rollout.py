@@ -26,16 +26,9 @@ CLIENTS = 4
 
 
 @pytest.fixture(scope="module")
-def fmnist_arrays(fmnist):
-    from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-
-    return load_fashion_mnist(str(fmnist))
-
-
-@pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory, fmnist_arrays):
+def two_checkpoints(tmp_path_factory, fmnist_arrays, serve_checkpoint):
     root = tmp_path_factory.mktemp("rollout")
-    a = train_checkpoint(root / "a", fmnist_arrays, seed=0)
+    a = serve_checkpoint  # train_checkpoint(seed=0), shared with the Triton tests
     b = train_checkpoint(root / "b", fmnist_arrays, seed=1, images=1000)
     ids = [ckpt.model_id_of(ckpt.read_meta(p)) for p in (a, b)]
     assert ids[0] != ids[1]

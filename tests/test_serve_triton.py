@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from conftest import free_port, make_cfg
-from serve_helpers import train_checkpoint
 
 from catalog_vision.images import decode, encode_png
 from catalog_vision.infer import Predictor
@@ -26,15 +25,8 @@ N = 6
 
 
 @pytest.fixture(scope="module")
-def fmnist_arrays(fmnist):
-    from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-
-    return load_fashion_mnist(str(fmnist))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, fmnist_arrays):
-    return train_checkpoint(tmp_path_factory.mktemp("triton") / "model", fmnist_arrays, seed=0)
+def checkpoint(serve_checkpoint):
+    return serve_checkpoint  # train_checkpoint(seed=0), shared with the rollout test
 
 
 @pytest.fixture(scope="module")
