@@ -29,7 +29,9 @@ BUCKET = "cv-test"
 # serve.ingress mode, as jobs/serve.py starts it: the environment is read when Ray starts.
 # In that mode an old replica drains for at least 30 s in a roll-out (Serve's default, so that load
 # balancers can take it out first); 5 s here keeps the roll-out test short.
-for _k, _v in {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}.items():
+from catalog_vision.serve.config import INGRESS_ENV  # noqa: E402
+
+for _k, _v in {**INGRESS_ENV["haproxy"], "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}.items():
     os.environ.setdefault(_k, _v)
 
 

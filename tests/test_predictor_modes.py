@@ -44,6 +44,15 @@ def test_bfloat16_agrees_with_float32(random_checkpoint, local_catalog):
     assert np.mean(p32.argmax(1) == p16.argmax(1)) > 0.9
 
 
+def catalog_batch(files: dict[str, bytes], folder) -> dict[str, np.ndarray]:
+    """Write ``files`` (name -> bytes) into ``folder``; the catalog rows a predictor's batch carries."""
+    uris = []
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+        uris.append(str(folder / name))
+    return {"image_id": np.array(list(files), dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * len(files), dtype=object)}
+
+
 @pytest.mark.parametrize("resize", ["nearest", "bilinear", "bicubic"])
 def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoint, tmp_path, resize):
     """jpeg_decode_on_device runs torchvision.io.decode_jpeg on the predictor's device (nvJPEG on a
@@ -72,11 +81,7 @@ def test_jpeg_decode_on_the_predictor_device_matches_cpu_decode(random_checkpoin
         "truncated": big[: len(big) // 2],
         "png": (lambda b: (rgb.save(b, format="PNG"), b.getvalue())[1])(io.BytesIO()),
     }
-    uris = []
-    for name, data in files.items():
-        (tmp_path / name).write_bytes(data)
-        uris.append(str(tmp_path / name))
-    batch = {"image_id": np.array(list(files), dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * len(files), dtype=object)}
+    batch = catalog_batch(files, tmp_path)
     predictor = Predictor(checkpoint, device="cpu", dtype="float32")
     spec = predictor.loaded.preprocessing
     assert spec["resize"] == resize
@@ -113,11 +118,7 @@ def test_deferred_jpegs_ship_within_a_byte_budget_and_without_pixel_arrays(rando
     rest of the block decodes on CPU), and a deferred row carries its JPEG bytes only, no pixel array."""
     rng = np.random.default_rng(1)
     files = {f"noise{i}": jpeg(Image.fromarray(rng.integers(0, 255, (384, 384, 3), dtype=np.uint8))) for i in range(8)}  # noise: big JPEGs
-    uris = []
-    for name, data in files.items():
-        (tmp_path / name).write_bytes(data)
-        uris.append(str(tmp_path / name))
-    batch = {"image_id": np.array(list(files), dtype=object), "uri": np.array(uris, dtype=object), "label": np.array([None] * len(files), dtype=object)}
+    batch = catalog_batch(files, tmp_path)
     predictor = Predictor(random_checkpoint, device="cpu", dtype="float32")
     spec = predictor.loaded.preprocessing
     shape = tuple(predictor.spec.shape)
