@@ -116,6 +116,29 @@ def test_backfill_from_a_listed_prefix(local_catalog, random_checkpoint, tmp_pat
     assert out["counts"]["inputs"] == 21 and out["counts"]["errors_by_class"] == {"NotAnImage": 1}
 
 
+def test_actor_tasks_of_several_batches_label_like_tasks_of_one(local_catalog, random_checkpoint, tmp_path):
+    """predictor.batches_per_task: auto hands each actor several batches per task on a small-image
+    catalog (plan.batches_per_task); the table is the one tasks of a single batch write."""
+    manifest = Path(local_catalog["root"]) / "catalog" / "manifest.parquet"
+    n = pq.read_metadata(manifest).num_rows
+    outs = {}
+    for k in ("auto", 1):
+        cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path / str(k)}", f"data.manifest={manifest}", "data.split=null",
+                       f"predictor.checkpoint={random_checkpoint}", "predictor.batch_size=16", f"predictor.batches_per_task={k}",
+                       "predictor.dtype=float32", "predictor.model_batch=null")
+        outs[k] = backfill(cfg)
+        assert outs[k]["counts"]["predicted"] == outs[k]["counts"]["model_distinct_image_ids"] == n
+    k = outs["auto"]["predictor"]["batches_per_task"]
+    assert outs[1]["predictor"]["batches_per_task"] == 1
+    assert k > 1 and n // (16 * k) >= 4  # several batches per task, still at least 4 tasks for the one actor
+    con = duckdb.connect()
+    a, b = (f"read_parquet('{outs[x]['output']}/*.parquet')" for x in ("auto", 1))
+    diff = con.execute(f"""select count(*), max(abs(a.score - b.score)), sum((a.label <> b.label)::int),
+                           max(list_cosine_similarity(a.embedding, b.embedding)), min(list_cosine_similarity(a.embedding, b.embedding))
+                           from {a} a join {b} b using (image_id)""").fetchone()
+    assert diff[0] == n and diff[1] < 1e-6 and diff[2] == 0 and diff[4] > 1 - 1e-6
+
+
 @pytest.mark.slow
 def test_s3_catalog_and_backfill(ray_local, s3_endpoint, fmnist, random_checkpoint):
     """The same code over a real S3 endpoint: catalog written to S3, read from S3, Parquet to S3."""

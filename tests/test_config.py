@@ -67,6 +67,28 @@ def test_bad_predictor_dtype_names_choices(random_checkpoint):
         Predictor(random_checkpoint, device="tpu")
 
 
+@pytest.mark.parametrize("value", [0, -2, "many", True, 2.5])
+def test_bad_batches_per_task_names_choices_before_any_work(value):
+    from catalog_vision.backfill import check_predictor
+
+    p = make_cfg(f"predictor.batches_per_task={value}")["predictor"]
+    with pytest.raises(ValueError, match="batches_per_task=.*auto or a positive whole number"):
+        check_predictor(p)
+
+
+def test_batches_per_task_auto_sizes_tasks_by_pixels_and_keeps_every_actor_busy():
+    from catalog_vision.plan import MIN_TASKS_PER_ACTOR, TASK_BYTES, batches_per_task
+
+    for batch, image_bytes, rows, actors in [(512, 784, 70_000, 2), (512, 784, 20_000, 2), (64, 3 * 224 * 224, 6_000, 2), (512, 784, 500, 2), (32, 784, 10**6, 8)]:
+        k = batches_per_task("auto", batch, image_bytes, rows, actors)
+        assert k >= 1
+        if k > 1:  # more than one batch only while a task stays within TASK_BYTES and each actor gets enough tasks
+            assert k * batch * image_bytes <= TASK_BYTES and rows // (k * batch) >= actors * MIN_TASKS_PER_ACTOR
+        # one batch more would break one of the two
+        assert (k + 1) * batch * image_bytes > TASK_BYTES or rows // ((k + 1) * batch) < actors * MIN_TASKS_PER_ACTOR
+    assert batches_per_task(3, 512, 784, 100, 2) == 3  # a number is taken as it is
+
+
 def test_cuda_requested_without_gpu_is_a_clear_error(random_checkpoint):
     import torch
 

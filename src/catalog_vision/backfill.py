@@ -16,6 +16,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Mapping
@@ -30,7 +31,8 @@ from . import storage as st
 from .outcome import BackfillFailed, TooManyErrors, find_cause, run_status
 from .tables import catalog_id, table_dir
 from .data import decode_catalog, rows_per_block, to_dataset
-from .plan import count_files, error_classes, plan_run
+from .images import Preprocessing
+from .plan import batches_per_task, count_files, error_classes, plan_run
 from .sink import commit_batch, committed_files, remove_stale_temp_files, write_commit_record
 from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
@@ -110,11 +112,14 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     if skipped < len(ids):
         # [2] Fetch + decode on CPU tasks, or in the predictor actors (decode_in=actors).
         in_actors = decode_in(p) == "actors"
-        # Decoding in the actors, a block is catalog rows (bytes of metadata): one block per model
-        # batch, so each actor task is exactly one batch. Blocks sized by decoded bytes instead
-        # (55 rows at 224x224 RGB) were bundled two at a time into 110-row tasks, a 64 + 46 batch
-        # pair: a partial batch per task and work handed out in coarse pieces.
-        ds = to_dataset(todo, int(p["batch_size"]) if in_actors else rows_per_block(data, meta["preprocessing"]))
+        # Decoding in the actors, a block is catalog rows (bytes of metadata): whole batches per block
+        # (plan.batches_per_task), so each actor task is a whole number of full batches. Blocks sized
+        # by decoded bytes instead (55 rows at 224x224 RGB) were bundled two at a time into 110-row
+        # tasks, a 64 + 46 batch pair: a partial batch per task and work handed out in coarse pieces.
+        if in_actors:
+            image_bytes = math.prod(Preprocessing.from_dict(meta["preprocessing"]).shape)
+            p["batches_per_task"] = batches_per_task(p.get("batches_per_task"), int(p["batch_size"]), image_bytes, todo.num_rows, int(p["max_actors"]))
+        ds = to_dataset(todo, int(p["batch_size"]) * p["batches_per_task"] if in_actors else rows_per_block(data, meta["preprocessing"]))
         if not in_actors:
             ds = decode_catalog(ds, data, meta["preprocessing"], storage, defer_jpeg=bool(p["jpeg_decode_on_device"]))
         # [3] Predict in an actor pool.
@@ -209,6 +214,7 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
         "counts": counts,
         "predictor": {
             **{k: p[k] for k in ("device", "dtype", "num_gpus", "min_actors", "max_actors", "batch_size", "jpeg_decode_on_device")},
+            "batches_per_task": p.get("batches_per_task") if decode_in(p) == "actors" else None,
             "decode_in": decode_in(p),
             # What the actors ran, e.g. "float32" (several values: hosts that chose differently)
             "resolved_dtype": ",".join(sorted({r["dtype"] for r in precision_reports})) or None,
@@ -254,6 +260,7 @@ def check_predictor(p: Mapping[str, Any]) -> None:
     if p["device"] not in DEVICES:
         raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
     decode_in(p)
+    batches_per_task(p.get("batches_per_task"), 1, 1, 0, 1)  # a bad value fails here, not after planning
     if p.get("if_no_gpu", "auto") not in IF_NO_GPU:
         raise ValueError(f"predictor.if_no_gpu={p.get('if_no_gpu')!r}; choose one of {list(IF_NO_GPU)}")
     if p["device"] == "cuda" and not float(p["num_gpus"]):
