@@ -79,7 +79,8 @@ def test_bad_batches_per_task_names_choices_before_any_work(value):
 def test_batches_per_task_auto_sizes_tasks_by_pixels_and_keeps_every_actor_busy():
     from catalog_vision.plan import MIN_TASKS_PER_ACTOR, TASK_BYTES, batches_per_task
 
-    for batch, image_bytes, rows, actors in [(512, 784, 70_000, 2), (512, 784, 20_000, 2), (64, 3 * 224 * 224, 6_000, 2), (512, 784, 500, 2), (32, 784, 10**6, 8)]:
+    cases = [(512, 784, 70_000, 2), (512, 784, 20_000, 2), (64, 3 * 224 * 224, 6_000, 2), (512, 784, 500, 2), (32, 784, 10**6, 8)]
+    for batch, image_bytes, rows, actors in cases:
         k = batches_per_task("auto", batch, image_bytes, rows, actors)
         assert k >= 1
         if k > 1:  # more than one batch only while a task stays within TASK_BYTES and each actor gets enough tasks

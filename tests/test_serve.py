@@ -381,6 +381,33 @@ def test_batches_are_counted_in_images_and_form_under_concurrency(service, fmnis
     assert after["images"] - before["images"] == 32 and after["batches"] - before["batches"] < 32
 
 
+def test_a_lone_request_does_not_wait_for_a_batch_while_concurrent_ones_still_share_batches(service, fmnist_arrays):
+    """serve.adaptive_batch_wait: with a 3 s batch wait, a request alone in the replica is answered at
+    once (nothing else can join its batch), while requests that arrive together wait and batch."""
+    from ray import serve
+
+    wait = 3.0
+    cfg = make_cfg(f"predictor.checkpoint={service['checkpoint']}", "serve.predictions.write=false", *SERVE_OVERRIDES, f"serve.batch_wait_timeout_s={wait}")
+    assert cfg["serve"]["adaptive_batch_wait"] is True  # the default
+    serve.run(build_app(cfg), name="adaptive", route_prefix="/adaptive")
+    url = f"{service['url']}/adaptive"
+    try:
+        pngs = [png_of(fmnist_arrays, i) for i in range(8)]
+        for b in pngs[:3]:
+            t = time.monotonic()
+            r = requests.post(f"{url}/classify", data=b, headers={"Content-Type": "image/png"}, timeout=60)
+            assert r.status_code == 200 and time.monotonic() - t < wait / 2, "a lone request waited for its batch to fill"
+        before = requests.get(f"{url}/stats", timeout=30).json()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            codes = list(pool.map(lambda b: requests.post(f"{url}/classify", data=b, headers={"Content-Type": "image/png"}, timeout=60).status_code, pngs))
+        after = requests.get(f"{url}/stats", timeout=30).json()
+        assert codes == [200] * 8 and after["images"] - before["images"] == 8
+        print(f"8 concurrent requests: {after['batches'] - before['batches']} batches")
+        assert after["batches"] - before["batches"] < 8
+    finally:
+        serve.delete("adaptive")
+
+
 def test_still_serving_after_the_bad_requests(service, direct, fmnist_arrays):
     """Runs after the matrix (file order): the same replica answers, correctly."""
     png = png_of(fmnist_arrays, 7)

@@ -126,7 +126,9 @@ class ImageClassifier:
         self.topk = self.predictor.topk
         self.model_id = self.predictor.model_id
         self.predict_batch.set_max_batch_size(int(s["max_batch_size"]))
-        self.predict_batch.set_batch_wait_timeout_s(float(s["batch_wait_timeout_s"]))
+        self.batch_wait = float(s["batch_wait_timeout_s"])
+        self.adaptive_wait = bool(s.get("adaptive_batch_wait", True))
+        self.predict_batch.set_batch_wait_timeout_s(self.batch_wait)
         t = s.get("predictions") or {}
         self.writer = None
         if t.get("write"):
@@ -156,6 +158,10 @@ class ImageClassifier:
         size = sum(len(d) for _, d in images if isinstance(d, bytes))
         decoded = await asyncio.to_thread(decode_all, images, spec) if size > DECODE_INLINE_BYTES else decode_all(images, spec)
         good = [i for i, d in enumerate(decoded) if not isinstance(d, ImageError)]
+        if self.adaptive_wait:
+            # A lone request waits for no one: its images go to the model at once (a batch still
+            # takes every image already queued). With others in this replica, partial batches wait.
+            self.predict_batch.set_batch_wait_timeout_s(self.batch_wait if self.admission.active > 1 else 0.0)
         answers = await asyncio.gather(*(self.predict_batch(decoded[i]) for i in good))
         for i, a in zip(good, answers):
             decoded[i] = a
