@@ -19,6 +19,7 @@ images/s is the steady-state rate: epochs 2.. (epoch 1 includes start-up), train
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -102,6 +103,9 @@ def main() -> None:
     from catalog_vision.runtime import setup_logging
 
     setup_logging()
+    # As a Ray that catalog-vision starts itself (runtime.init_ray): workers at this script's priority,
+    # not 15 nice levels below (b) and Ray's own daemons (RAY_worker_niceness is an increment).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory(prefix="cvbench-train-") as d:

@@ -57,6 +57,8 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
     run_dir = tmp_path / "out" / "train" / summary["ray_checkpoints"].rsplit("/", 1)[1]
     assert sorted(p.name for p in run_dir.glob("epoch_*")) == ["epoch_0000", "epoch_0001", "epoch_0002"]
     assert [h["frozen_backbone"] for h in loaded.meta["history"]] == [True, False, False]
+    # trainer.cache_shard_mb: the first epoch streams from Ray Data, later ones come from each worker's memory
+    assert [h["train/workers_from_memory"] for h in hist] == [0] + [h["workers"] for h in hist[1:]] and hist[1]["workers"] == 2
     # Epoch 1 trained only the head: the backbone (weights and BatchNorm statistics) is the seeded
     # initialisation. Epoch 2 unfroze it (DDP re-wrapped) and trained everything.
     import torch

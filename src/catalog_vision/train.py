@@ -40,6 +40,7 @@ from .images import Preprocessing
 from .models import build_model, set_backbone_frozen
 from .models import pretrained as pretrained_weights
 from .runtime import init_ray, new_run_id, say, verbose
+from .shard_cache import ShardCache
 from .storage.shared import check_shared
 
 log = logging.getLogger("catalog_vision")
@@ -169,21 +170,18 @@ class Step:
         return x.contiguous(memory_format=torch.channels_last), target, y
 
 
-def train_one_epoch(model, shard, optimizer, scheduler, step: Step) -> dict[str, float]:
+def train_one_epoch(model, shard, optimizer, scheduler, step: Step, cache: ShardCache | None = None) -> dict[str, float]:
     t = step.t
     loss_sum, hits, seen, pending = 0.0, 0.0, 0, 0
-    # Where the epoch's time goes: waiting for Ray Data, augmenting, forward+backward (DDP's
-    # all-reduce overlaps the backward pass), the optimizer step.
+    # Where the epoch's time goes: waiting for Ray Data (or the shard cache), augmenting,
+    # forward+backward (DDP's all-reduce overlaps the backward pass), the optimizer step.
     clock = dict.fromkeys(("data", "augment", "compute", "optimizer"), 0.0)
     start = tick = time.perf_counter()
     y_dtype = torch.float32 if step.task == "multilabel" else torch.int64
-    batches = shard.iter_torch_batches(
-        batch_size=t["batch_size"],
-        dtypes={"pixels": torch.uint8, "y": y_dtype},
-        device="cpu",  # augmentation runs per image on the CPU; Step.prepare moves the batch
-        local_shuffle_buffer_size=t.get("shuffle_buffer") or None,
-        drop_last=True,
-    )
+    cache = cache or ShardCache(0)
+    from_memory = float(cache.cached)
+    # On the CPU: augmentation runs per image there; Step.prepare moves the batch.
+    batches = cache.batches(shard, t["batch_size"], {"pixels": torch.uint8, "y": y_dtype}, t.get("shuffle_buffer") or None)
     for i, batch in enumerate(batches):
         tick = _lap(clock, "data", tick)
         x, target, y = step.prepare(batch)
@@ -212,7 +210,8 @@ def train_one_epoch(model, shard, optimizer, scheduler, step: Step) -> dict[str,
         tick = _lap(clock, "optimizer", tick)
     if pending:  # fewer than accumulate_steps batches left at the end of the epoch: dropped
         optimizer.zero_grad(set_to_none=True)
-    return {"loss_sum": loss_sum, "correct": hits, "seen": seen, "elapsed": time.perf_counter() - start, **{f"time/{k}": v for k, v in clock.items()}}
+    return {"loss_sum": loss_sum, "correct": hits, "seen": seen, "elapsed": time.perf_counter() - start, "from_memory": from_memory,
+            **{f"time/{k}": v for k, v in clock.items()}}
 
 
 def _lap(clock: dict[str, float], key: str, since: float) -> float:
@@ -376,6 +375,8 @@ def epoch_metrics(epoch: int, task: str, world: int, tr: dict, va: dict, va_scor
         "lr": scheduler.get_last_lr()[0],
         # seconds per worker (mean over workers) spent on each part of the training steps
         **{k: round(tr[k] / world, 2) for k in ("time/data", "time/augment", "time/compute", "time/optimizer")},
+        # workers whose epoch came from their in-memory shard (trainer.cache_shard_mb), not Ray Data
+        "train/workers_from_memory": int(tr.get("from_memory", 0)),
     }
     thresholds = None
     if task == "multilabel":
@@ -446,6 +447,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")
     val_shard = ray.train.get_dataset_shard("val")
+    cache = ShardCache(t.get("cache_shard_mb"))
     for epoch in range(start_epoch, t["epochs"]):
         epoch_start = time.perf_counter()
         if epoch == frozen_epochs and frozen_epochs > start_epoch:
@@ -456,7 +458,7 @@ def train_loop_per_worker(config: dict) -> None:
         model.train()
         if epoch < frozen_epochs:
             set_backbone_frozen(inner, True)
-        tr = _all_reduce(train_one_epoch(model, train_shard, optimizer, scheduler, step))
+        tr = _all_reduce(train_one_epoch(model, train_shard, optimizer, scheduler, step, cache))
         va_counts, va_scores, va_targets = evaluate(model, val_shard, step, t["batch_size"] * 2)
         metrics, thresholds = epoch_metrics(epoch, task, world, tr, _all_reduce(va_counts), va_scores, va_targets, scheduler)
         metrics.update({"frozen_backbone": epoch < frozen_epochs, "resumed_from_epoch": start_epoch, "workers": world, "nodes": len(set(nodes))})  # > 0: this attempt restored a checkpoint
