@@ -277,16 +277,14 @@ def main() -> None:
     import ray
 
     from catalog_vision.backfill import backfill
-    from catalog_vision.runtime import setup_logging
+    from catalog_vision.runtime import setup_logging, workers_at_driver_priority
 
     setup_logging()
     command = "python bench/backfill.py " + " ".join(sys.argv[1:])
     print(f"$ {command}\nload average before: {os.getloadavg()[0]:.2f}", flush=True)
-    # Ray starts its workers at nice 15 (RAY_worker_niceness) so drivers stay responsive. On a
-    # machine shared with other users that alone starves (a)'s actors against (b), which runs at
-    # this script's priority: measured here, the actors got ~20% of a core each at load 10. Same
-    # priority for both, unless the caller set it.
-    os.environ.setdefault("RAY_worker_niceness", "0")  # an increment over this script's niceness
+    # (a)'s actors at (b)'s priority, as for a Ray that catalog-vision starts: at Ray's default (nice
+    # 15) they got ~20% of a core each against (b) at load 10 on a shared machine.
+    workers_at_driver_priority()
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     # A running cluster has Ray Data's detached stats actor from earlier jobs; start it before timing.

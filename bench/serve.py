@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import base64
 import concurrent.futures
-import os
 import sys
 import threading
 import time
@@ -105,12 +104,11 @@ def main() -> None:
 
     x, _ = load_fashion_mnist(str(FMNIST))["test"]
     pngs = [encode_png(x[i]) for i in range(256)]
+    from catalog_vision.runtime import workers_at_driver_priority
     from catalog_vision.serve.run import set_ingress
 
     set_ingress(make_cfg(*args.overrides)["serve"], None)  # serve.ingress: read by Serve when Ray starts
-    # As jobs/serve.py's own Ray (runtime.init_ray): workers at this script's priority, not 15 nice
-    # levels below the clients (an increment: RAY_worker_niceness).
-    os.environ.setdefault("RAY_worker_niceness", "0")
+    workers_at_driver_priority()  # as jobs/serve.py's own Ray: replicas not 15 nice levels below the clients
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     backfill_rate = run_backfill(args.checkpoint, args.backfill_images, args.overrides) if args.backfill_images else None
     port = free_port()
@@ -125,6 +123,7 @@ def main() -> None:
     print("| " + " | ".join(columns) + " |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     table = []
+    rates64: dict[int, float] = {}  # images/s of the 64-image rows with batching on, by concurrency
     counter = iter(range(10**9))
 
     def one(s):
@@ -157,6 +156,8 @@ def main() -> None:
             after = requests.get(f"{url}/stats", timeout=30).json()
             mean_batch = (after["images"] - before["images"]) / max(1, after["batches"] - before["batches"])
             p50, p95, p99 = (np.percentile(lat, q) * 1e3 for q in (50, 95, 99)) if lat else (float("nan"),) * 3
+            if mode == "on" and images == 64:
+                rates64[concurrency] = len(lat) * images / wall
             table.append([mode, name, str(concurrency), f"{len(lat):,}", f"{len(lat) / wall:,.0f}", f"{len(lat) * images / wall:,.0f}",
                           f"{p50:.1f}", f"{p95:.1f}", f"{p99:.1f}", f"{mean_batch:.1f}", str(errors)])
             print("| " + " | ".join(table[-1]) + " |", flush=True)
@@ -177,7 +178,7 @@ def main() -> None:
     ingress = base["serve"]["ingress"]
     notes = [f"{settings}, serve.ingress={ingress}; {args.seconds:g} s per row after a 1 s warm-up; clients are threads in the benchmark's process, on the server's host.", overhead]
     if backfill_rate:
-        rates = ", ".join(f"concurrency {r[2]}: {r[5]} images/s = {float(r[5].replace(',', '')) / backfill_rate:.2f}x" for r in table if r[0] == "on" and r[1] == "64 images")
+        rates = ", ".join(f"concurrency {c}: {r:,.0f} images/s = {r / backfill_rate:.2f}x" for c, r in rates64.items())
         notes.append(f"backfill of {args.backfill_images:,} PNGs, same checkpoint and dtype, same Ray (before Serve started): {backfill_rate:,.0f} images/s "
                      f"(its _run.json images_per_s); 64-image requests with batching on, {rates} of it")
         print(notes[-1])

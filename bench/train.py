@@ -19,7 +19,6 @@ images/s is the steady-state rate: epochs 2.. (epoch 1 includes start-up), train
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -100,12 +99,10 @@ def main() -> None:
     from catalog_vision import make_catalog
     from catalog_vision.train import train
     from catalog_vision.images import Preprocessing, decode
-    from catalog_vision.runtime import setup_logging
+    from catalog_vision.runtime import setup_logging, workers_at_driver_priority
 
     setup_logging()
-    # As a Ray that catalog-vision starts itself (runtime.init_ray): workers at this script's priority,
-    # not 15 nice levels below (b) and Ray's own daemons (RAY_worker_niceness is an increment).
-    os.environ.setdefault("RAY_worker_niceness", "0")
+    workers_at_driver_priority()  # as a Ray that catalog-vision starts: Train workers at (b)'s priority
     ray.init(num_cpus=args.num_cpus, include_dashboard=True, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
     with tempfile.TemporaryDirectory(prefix="cvbench-train-") as d:

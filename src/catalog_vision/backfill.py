@@ -32,7 +32,7 @@ from .outcome import BackfillFailed, TooManyErrors, find_cause, run_status
 from .tables import catalog_id, table_dir
 from .data import decode_catalog, rows_per_block, to_dataset
 from .images import Preprocessing
-from .plan import batches_per_task, count_files, error_classes, plan_run
+from .plan import batches_per_task, check_batches_per_task, count_files, error_classes, plan_run
 from .sink import commit_batch, committed_files, remove_stale_temp_files, write_commit_record
 from .infer import DEVICES, DTYPES, Predictor
 from .runtime import init_ray, new_run_id
@@ -260,7 +260,7 @@ def check_predictor(p: Mapping[str, Any]) -> None:
     if p["device"] not in DEVICES:
         raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
     decode_in(p)
-    batches_per_task(p.get("batches_per_task"), 1, 1, 0, 1)  # a bad value fails here, not after planning
+    check_batches_per_task(p.get("batches_per_task"))
     if p.get("if_no_gpu", "auto") not in IF_NO_GPU:
         raise ValueError(f"predictor.if_no_gpu={p.get('if_no_gpu')!r}; choose one of {list(IF_NO_GPU)}")
     if p["device"] == "cuda" and not float(p["num_gpus"]):

@@ -83,10 +83,14 @@ def batches_per_task(setting: Any, batch_size: int, image_bytes: int, rows: int,
     size: for small images a single batch is too little work to hide it (28x28 PNGs at 512 per
     batch: ~0.1 s of work). ``auto`` gives a task about :data:`TASK_BYTES` of decoded pixels, but
     no fewer than :data:`MIN_TASKS_PER_ACTOR` tasks per actor; a number is taken as it is."""
+    check_batches_per_task(setting)
     if setting not in (None, "auto"):
-        if isinstance(setting, bool) or not isinstance(setting, int) or setting < 1:
-            raise ValueError(f"predictor.batches_per_task={setting!r}; choose auto or a positive whole number of batches")
         return setting
     by_bytes = TASK_BYTES // max(1, batch_size * image_bytes)
     by_count = rows // max(1, batch_size * actors * MIN_TASKS_PER_ACTOR)
     return max(1, min(by_bytes, by_count))
+
+
+def check_batches_per_task(setting: Any) -> None:
+    if setting not in (None, "auto") and (isinstance(setting, bool) or not isinstance(setting, int) or setting < 1):
+        raise ValueError(f"predictor.batches_per_task={setting!r}; choose auto or a positive whole number of batches")

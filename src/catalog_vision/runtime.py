@@ -34,6 +34,16 @@ def quiet_ray_logs(ray_cfg: Mapping[str, Any] | None) -> None:
     logging.getLogger("ray.data").setLevel(os.environ["RAY_DATA_LOG_LEVEL"])
 
 
+def workers_at_driver_priority() -> None:
+    """Ray starts its worker processes 15 nice levels below its own daemons and the driver, so that
+    on a busy node the control plane stays responsive. Here the workers ARE the job (Train workers,
+    predictor actors, decode tasks) and the driver runs Ray Data's executor: at nice 15 they yield
+    the cores to it and to the daemons whenever those want them (README "Training speed"). Call
+    before starting a local Ray: its workers get the driver's own priority, unless
+    RAY_worker_niceness (an increment over the raylet's, i.e. the driver's, niceness) says otherwise."""
+    os.environ.setdefault("RAY_worker_niceness", "0")
+
+
 def init_ray(ray_cfg: Mapping[str, Any] | None = None) -> None:
     import ray
 
@@ -45,13 +55,7 @@ def init_ray(ray_cfg: Mapping[str, Any] | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        # Ray starts its worker processes 15 nice levels below its own daemons and the driver, so
-        # that on a busy node the control plane stays responsive. Here the workers ARE the job
-        # (Train workers, predictor actors, decode tasks) and the driver runs Ray Data's executor:
-        # at nice 15 they yield the cores to it and to the daemons whenever those want them
-        # (README "Training speed"). A local Ray gets workers at the driver's own priority, unless
-        # RAY_worker_niceness says otherwise.
-        os.environ.setdefault("RAY_worker_niceness", "0")  # an increment over the raylet's (the driver's) niceness
+        workers_at_driver_priority()
         # Logical CPUs may exceed the physical count so Train workers and Data tasks run side by side.
         ray.init(
             num_cpus=ray_cfg.get("num_cpus"),

@@ -34,7 +34,7 @@ class ShardCache:
 
     def batches(self, shard: Any, batch_size: int, dtypes: dict, local_shuffle: int | None) -> Iterator[dict[str, torch.Tensor]]:
         """This epoch's training batches (``drop_last``): from memory once cached, else from ``shard``."""
-        if self.x is not None:
+        if self.cached:
             yield from self._from_memory(batch_size)
             return
         keep = self.limit > 0 and not self.too_big
