@@ -37,7 +37,7 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batc
     (``catalog_vision.train.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
     and schedule)."""
     from catalog_vision.models import build_model
-    from catalog_vision.train import Step, _lap, make_optimizer, make_scheduler, seed_everything, train_precision
+    from catalog_vision.train.trainer import Step, _lap, make_optimizer, make_scheduler, seed_everything, train_precision
 
     t = cfg["trainer"]
     classes = cfg["data"]["classes"]
@@ -97,8 +97,8 @@ def main() -> None:
 
     from backfill import make_cfg  # bench/backfill.py
     from catalog_vision import make_catalog
-    from catalog_vision.train import train
-    from catalog_vision.images import Preprocessing, decode
+    from catalog_vision.train.trainer import train
+    from catalog_vision.ingest.images import Preprocessing, decode
     from catalog_vision.runtime import setup_logging, workers_at_driver_priority
 
     setup_logging()

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from catalog_vision.storage.secrets import redact_url
-from catalog_vision.data import _resolve_uri, catalog_table, fetch_and_decode
-from catalog_vision.outcome import BackfillFailed
-from catalog_vision.images import AccessDenied, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
+from catalog_vision.ingest.dataset import _resolve_uri, catalog_table, fetch_and_decode
+from catalog_vision.backfill.outcome import BackfillFailed
+from catalog_vision.ingest.images import AccessDenied, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
 from catalog_vision.storage import http
 from conftest import free_port, make_cfg
 from httpfaults import FaultServer, Stats, self_signed, server_ssl_context
@@ -351,7 +351,7 @@ def test_backfill_over_http_with_faults(ray_local, random_checkpoint, images, tm
         manifest = tmp_path / "manifest.parquet"
         pq.write_table(pa.table({"image_id": [r[1] for r in rows], "uri": [r[2] for r in rows], "label": ["Bag"] * len(rows), "split": ["test"] * len(rows)}), manifest)
 
-        from catalog_vision.backfill import backfill
+        from catalog_vision.backfill.run import backfill
 
         cfg = make_cfg(
             "experiment=smoke",

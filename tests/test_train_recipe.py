@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from catalog_vision import transforms
+from catalog_vision.train import transforms
 from catalog_vision.catalogs import make_tiles
-from catalog_vision.data import to_training
-from catalog_vision.train import Step, check_trainer, choose_thresholds, class_weights, make_scheduler, monitor_of, multilabel_val_metrics
+from catalog_vision.ingest.dataset import to_training
+from catalog_vision.train.trainer import Step, check_trainer, choose_thresholds, class_weights, make_scheduler, monitor_of, multilabel_val_metrics
 from conftest import make_cfg
 
 

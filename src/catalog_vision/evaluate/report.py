@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from .. import storage as st
 from ..storage.secrets import redact_command
-from ..tables import catalog_id, table_dir
+from ..backfill.tables import catalog_id, table_dir
 from .card import model_card
 from .figures import plot_confusion, plot_history, plot_reliability, plot_roc
 from .metrics import ECE_BINS, multiclass_metrics, multilabel_metrics, top_confusions
@@ -46,7 +46,7 @@ def _default_output(cfg: Mapping[str, Any], model_id: str, split: str | None, so
 def evaluate(cfg: Mapping[str, Any], command: str | None = None) -> dict:
     """Evaluate a model on a labeled split and write the report; returns the metrics (``metrics.json``).
 
-    ``cfg`` is the resolved config as plain containers (like :func:`~catalog_vision.backfill.backfill`).
+    ``cfg`` is the resolved config as plain containers (like :func:`~catalog_vision.backfill.run.backfill`).
     ``command`` is recorded in the model card (default: this process's command line).
     """
     t0 = time.perf_counter()

@@ -25,18 +25,18 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from . import lease as leases
-from . import storage as st
+from .. import storage as st
 from .outcome import BackfillFailed, TooManyErrors, find_cause, run_status
 from .tables import catalog_id, table_dir
-from .data import decode_catalog, rows_per_block, to_dataset
-from .images import Preprocessing
+from ..ingest.dataset import decode_catalog, rows_per_block, to_dataset
+from ..ingest.images import Preprocessing
 from .plan import batches_per_task, check_batches_per_task, count_files, error_classes, plan_run
 from .sink import commit_batch, committed_files, remove_stale_temp_files, write_commit_record
-from .infer import DEVICES, DTYPES, Predictor
-from .runtime import init_ray, new_run_id
-from .storage.shared import check_shared
+from ..infer.predictor import DEVICES, DTYPES, Predictor
+from ..runtime import init_ray, new_run_id
+from ..storage.shared import check_shared
 
 log = logging.getLogger("catalog_vision")
 

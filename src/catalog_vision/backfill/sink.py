@@ -33,7 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import lease
-from . import storage as st
+from .. import storage as st
 from .outcome import TooManyErrors, is_retryable
 
 

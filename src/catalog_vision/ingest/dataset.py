@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 
 from PIL import Image
 
-from . import storage as st
-from .catalogs.table import iter_table_file
-from .storage import http
+from .. import storage as st
+from ..catalogs.table import iter_table_file
+from ..storage import http
 from .images import AccessDenied, DecodeError, ImageError, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
 
 # Memory reserved per decode task (MiB) unless data.decode_memory_mb says otherwise. Besides
@@ -42,8 +42,8 @@ def list_images(prefix: str, storage: Mapping[str, Any] | None = None, layout: s
     """List a prefix (the same reader as ``make_catalog source=folders``): ``image_id`` is the key
     under the prefix; class folders (nested at any depth) give ``label``. With ``splits`` every row
     gets a ``split`` by the hash of its id, exactly as an imported catalog would."""
-    from .catalogs.folders import read_folders
-    from .catalogs.splits import assign_splits
+    from ..catalogs.folders import read_folders
+    from ..catalogs.splits import assign_splits
 
     if layout not in LAYOUTS:
         raise ValueError(f"data.layout={layout!r}; choose one of {list(LAYOUTS)}")
@@ -109,7 +109,7 @@ def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = N
     Duplicate ids are a manifest error: they would break one-row-per-image.
     """
     if data.get("images_prefix"):
-        from .catalogs.splits import check_fractions
+        from ..catalogs.splits import check_fractions
 
         # A listed prefix has no split column: give it the same hash splits an import would, so
         # training never validates on its own training images.
@@ -157,7 +157,7 @@ def resolve_classes(data: Mapping[str, Any], storage: Mapping[str, Any] | None =
         if isinstance(classes, str):
             raise ValueError(f"data.classes={classes!r}; give a list of class names or auto")
         return [str(c) for c in classes]
-    from .catalogs.summary import class_counts
+    from ..catalogs.summary import class_counts
 
     names = sorted(class_counts(table if table is not None else catalog_table(data, storage)))
     if not names:
@@ -181,8 +181,8 @@ def to_dataset(table: pa.Table, rows_per_block: int):
 def _normalise_manifest(batch: pa.Table, manifest: str, schemes: Sequence[str] | None = None, prefixes: Sequence[str] | None = None) -> pa.Table:
     """``image_id, uri, label`` (+ ``labels``, list<string>, for multi-label catalogs; + ``refused``,
     why a row's URI may not be fetched, when the manifest's URI policy refuses any: see
-    :mod:`.storage.policy`)."""
-    from .storage.policy import refusals_column, resolve_column
+    :mod:`catalog_vision.storage.policy`)."""
+    from ..storage.policy import refusals_column, resolve_column
 
     n = batch.num_rows
     label = batch.column("label").cast(pa.string()) if "label" in batch.column_names else pa.nulls(n, pa.string())
@@ -294,7 +294,7 @@ _CREDENTIAL_CODES = frozenset({"ExpiredToken", "InvalidAccessKeyId", "SignatureD
 def _storage_error(exc: BaseException, path: str) -> ImageError:
     """A failed read as an error row: ``MissingObject`` (404) and ``AccessDenied`` (403) are final;
     everything else (timeouts, 5xx and throttling after the client's retries, resets, credential
-    failures) is ``ReadError``, which is never committed, so the next run retries it (:mod:`.outcome`)."""
+    failures) is ``ReadError``, which is never committed, so the next run retries it (:mod:`catalog_vision.backfill.outcome`)."""
     if isinstance(exc, FileNotFoundError):
         return MissingObject(f"no object at {path}")
     code = str(getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code", ""))

@@ -15,14 +15,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
 from . import device_decode, precision
-from .data import fetch_and_decode, is_error
-from .device_decode import fit_tensor
-from .images import Preprocessing
+from ..ingest.dataset import fetch_and_decode, is_error
+from ..ingest.images import Preprocessing
 from .predictions import predictions_schema, predictions_table
-
-__all__ = ["Predictor", "fit_tensor", "predictions_schema"]
 
 log = logging.getLogger("catalog_vision")
 
@@ -117,7 +114,7 @@ class Predictor:
         # conv → BatchNorm pairs folded into one conv (inference only; see models.fusion).
         self.folded_bn = 0
         if fold_bn:
-            from .models.fusion import fold_batchnorm
+            from ..models.fusion import fold_batchnorm
 
             self.model.backbone, self.folded_bn = fold_batchnorm(self.model.backbone)
         if channels_last:
@@ -153,7 +150,7 @@ class Predictor:
     def _report(self, folder: str) -> None:
         import socket
 
-        from . import storage as st
+        from .. import storage as st
 
         host = socket.gethostname()
         node = ray_node_id()

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from .storage.secrets import redact_text
+from ..storage.secrets import redact_text
 
 # Truncated files must fail loudly, not decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False

@@ -32,16 +32,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
-from . import storage as st
+from .. import checkpoint as ckpt
+from .. import storage as st
 from . import transforms
-from .data import TASKS, catalog_table, decoded_catalog, resolve_classes, to_training
-from .images import Preprocessing
-from .models import build_model, set_backbone_frozen
-from .models import pretrained as pretrained_weights
-from .runtime import init_ray, new_run_id, say, verbose
+from ..ingest.dataset import TASKS, catalog_table, decoded_catalog, resolve_classes, to_training
+from ..ingest.images import Preprocessing
+from ..models import build_model, set_backbone_frozen
+from ..models import pretrained as pretrained_weights
+from ..runtime import init_ray, new_run_id, say, verbose
 from .shard_cache import ShardCache
-from .storage.shared import check_shared
+from ..storage.shared import check_shared
 
 log = logging.getLogger("catalog_vision")
 
@@ -62,7 +62,7 @@ def check_trainer(t: Mapping[str, Any], task: str) -> None:
     if int(t.get("accumulate_steps", 1)) < 1:
         raise ValueError(f"trainer.accumulate_steps={t.get('accumulate_steps')!r}; must be >= 1")
     transforms.build(t.get("augment"), (8, 8))  # validates the preset name
-    from .infer import check_dtype
+    from ..infer.predictor import check_dtype
 
     check_dtype(t.get("precision", "auto"), "trainer.precision")
 
@@ -306,13 +306,13 @@ def train_precision(t: Mapping[str, Any], model: torch.nn.Module, model_cfg: Map
                     device: torch.device, rank: int) -> tuple[torch.dtype, dict | None]:
     """``trainer.precision`` for this run, and for ``auto`` on CPU the measurement behind it.
 
-    Rank 0 times forward+backward in float32 and bfloat16 (:mod:`.precision`) and broadcasts the
-    choice: every DDP worker must autocast alike, and per-rank timings could disagree."""
+    Rank 0 times forward+backward in float32 and bfloat16 (:mod:`catalog_vision.infer.precision`)
+    and broadcasts the choice: every DDP worker must autocast alike, and per-rank timings could disagree."""
     import json
 
-    from . import precision
-    from .images import Preprocessing
-    from .infer import resolve_dtype
+    from ..infer import precision
+    from ..ingest.images import Preprocessing
+    from ..infer.predictor import resolve_dtype
 
     choice: dict | None = None
 
