@@ -85,7 +85,7 @@ def measure(manifest: str, table: str) -> dict:
     try:
         from catalog_vision.backfill.plan import count_files
         from catalog_vision.backfill.sink import committed_files, committed_ids
-        from catalog_vision.ingest.dataset import catalog_table
+        from catalog_vision.ingest.catalog import catalog_table
     except ImportError:  # --code: a checkout from before the package layout (flat catalog_vision/*.py)
         from catalog_vision.data import catalog_table
         from catalog_vision.sink import committed_files, committed_ids

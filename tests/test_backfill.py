@@ -12,7 +12,7 @@ import pytest
 from catalog_vision import make_catalog
 from catalog_vision.backfill.run import backfill
 from catalog_vision import storage as st
-from catalog_vision.ingest.dataset import list_images
+from catalog_vision.ingest.catalog import list_images
 from catalog_vision.ingest.images import Preprocessing, decode
 from catalog_vision.infer.predictor import Predictor
 from catalog_vision.backfill.query import read_predictions, summarize

@@ -18,7 +18,8 @@ from PIL import Image
 from catalog_vision import storage as st
 from catalog_vision.catalogs import make_catalog, read_folders, read_product_table, read_table_file
 from catalog_vision.catalogs.splits import assign_splits, check_fractions
-from catalog_vision.ingest.dataset import catalog_table, resolve_classes
+from catalog_vision.ingest.catalog import catalog_table
+from catalog_vision.ingest.labels import resolve_classes
 from catalog_vision.backfill.tables import catalog_id
 from conftest import BUCKET, make_cfg
 

@@ -17,9 +17,11 @@ import pytest
 from PIL import Image
 
 from catalog_vision.storage.secrets import redact_url
-from catalog_vision.ingest.dataset import _resolve_uri, catalog_table, fetch_and_decode
+from catalog_vision.ingest.catalog import _resolve_uri, catalog_table
+from catalog_vision.ingest.dataset import fetch_and_decode
 from catalog_vision.backfill.outcome import BackfillFailed
-from catalog_vision.ingest.images import AccessDenied, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
+from catalog_vision.ingest.errors import AccessDenied, ImageTooLarge, MissingObject, ReadError, RefusedURI, error_string
+from catalog_vision.ingest.images import Preprocessing, decode
 from catalog_vision.storage import http
 from conftest import free_port, make_cfg
 from httpfaults import FaultServer, Stats, self_signed, server_ssl_context

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalog_vision.ingest.images import EmptyFile, ImageTooLarge, NotAnImage, Preprocessing, TruncatedImage, decode, error_string
+from catalog_vision.ingest.errors import EmptyFile, ImageTooLarge, NotAnImage, TruncatedImage, error_string
+from catalog_vision.ingest.images import Preprocessing, decode
 
 GRAY = Preprocessing(image_size=(28, 28), channels=1, mean=(0.5,), std=(0.5,))
 RGB = Preprocessing(image_size=(32, 32), channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))

@@ -6,7 +6,7 @@ import torch
 
 from catalog_vision.train import transforms
 from catalog_vision.catalogs import make_tiles
-from catalog_vision.ingest.dataset import to_training
+from catalog_vision.ingest.labels import to_training
 from catalog_vision.train.trainer import Step, check_trainer, choose_thresholds, class_weights, make_scheduler, monitor_of, multilabel_val_metrics
 from conftest import make_cfg
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from catalog_vision import storage as st
 from catalog_vision.backfill.run import backfill
 from catalog_vision.backfill.query import read_predictions
-from catalog_vision.ingest.dataset import _resolve_uri
+from catalog_vision.ingest.catalog import _resolve_uri
 from catalog_vision.storage.policy import normalised, refusals, refusals_column, resolve_column
 from conftest import BUCKET, make_cfg
 

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from .. import storage as st
-from ..ingest.dataset import catalog_table
+from ..ingest.catalog import catalog_table
 from .sink import committed_ids
 
 

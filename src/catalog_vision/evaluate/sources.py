@@ -13,7 +13,8 @@ from .truth import class_index
 
 def from_checkpoint(cfg: Mapping[str, Any], e: Mapping[str, Any], checkpoint: str, split: str | None, gt_ids: dict[str, int]) -> dict:
     """Run the checkpoint over the decoded split on the driver; full probability vectors."""
-    from ..ingest.dataset import decoded_catalog, is_error
+    from ..ingest.dataset import decoded_catalog
+    from ..ingest.errors import is_error
     from ..infer.predictor import Predictor
     from ..runtime import init_ray
 

@@ -90,7 +90,7 @@ def _split_rows(cfg: Mapping[str, Any], split: str | None) -> tuple[pa.Table, st
 
     data, storage = cfg["data"], cfg["storage"]
     if data.get("images_prefix"):
-        from ..ingest.dataset import catalog_table
+        from ..ingest.catalog import catalog_table
 
         table = catalog_table(data, storage, split=split).select(["image_id", "label"])
         where = f"class folders under {data['images_prefix']!r}"

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..ingest.dataset import is_error
-from ..ingest.images import ImageError, Preprocessing, decode, draft_scale, error_string, fit_box, pad_color
+from ..ingest.errors import ImageError, error_string, is_error
+from ..ingest.images import Preprocessing, decode, draft_scale, fit_box, pad_color
 
 
 def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:

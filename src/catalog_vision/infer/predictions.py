@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ..ingest.dataset import is_error
+from ..ingest.errors import is_error
 from ..storage.secrets import redact_text
 
 

@@ -17,7 +17,8 @@ import torch
 
 from .. import checkpoint as ckpt
 from . import device_decode, precision
-from ..ingest.dataset import fetch_and_decode, is_error
+from ..ingest.dataset import fetch_and_decode
+from ..ingest.errors import is_error
 from ..ingest.images import Preprocessing
 from .predictions import predictions_schema, predictions_table
 

@@ -77,7 +77,8 @@ def embed_images(uris: Sequence[str], p: Mapping[str, Any], storage: Mapping[str
     """Embeddings of image files (local or ``s3://``) with the backfill's decoder and a
     :class:`~catalog_vision.infer.predictor.Predictor` set up as the backfill's (``p``: the predictor config;
     ``tta`` and ``fold_bn`` change embeddings); the checkpoint must be the index's model."""
-    from ..ingest.images import ImageError, decode, error_string
+    from ..ingest.errors import ImageError, error_string
+    from ..ingest.images import decode
     from ..infer.predictor import Predictor
 
     predictor = Predictor(st.absolute(str(p["checkpoint"])), storage, device=p.get("device", "auto"), dtype=dtype, batch_size=max(1, len(uris)),

@@ -21,7 +21,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..ingest.images import ImageError, NotAnImage, Preprocessing, decode, error_string
+from ..ingest.errors import ImageError, NotAnImage, error_string
+from ..ingest.images import Preprocessing, decode
 from . import binary, protocol
 from .admission import Admission
 from .inputs import ApiError, check_image_ids, classify_images, parse_json, read_body, status_of

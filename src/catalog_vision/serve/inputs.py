@@ -12,7 +12,7 @@ import binascii
 import json
 from typing import Any, AsyncIterator
 
-from ..ingest.images import EmptyFile, ImageError, ImageTooLarge, NotAnImage, TruncatedImage
+from ..ingest.errors import EmptyFile, ImageError, ImageTooLarge, NotAnImage, TruncatedImage
 
 RAW_TYPES = ("application/octet-stream", "image/*")
 MULTIPART = "multipart/form-data"

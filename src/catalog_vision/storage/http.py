@@ -1,7 +1,7 @@
 """``http://`` and ``https://`` image URLs: many fetched concurrently, each failure a value.
 
 :func:`fetch_many` is synchronous, so Ray Data tasks and actors call it like the fsspec reads. It
-returns, in order, the body ``bytes`` or an :class:`~catalog_vision.ingest.images.ImageError` per URL:
+returns, in order, the body ``bytes`` or an :class:`~catalog_vision.ingest.errors.ImageError` per URL:
 ``MissingObject`` (404/410), ``AccessDenied`` (401/403), ``ImageTooLarge`` (over ``max_bytes``),
 ``ReadError`` (anything else, after retries). Options come from the ``storage.http`` config block
 (:class:`HttpOptions`).
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 from urllib.parse import urlsplit
 
-from ..ingest.images import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError, RefusedURI
+from ..ingest.errors import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError, RefusedURI
 from .hosts import PrivateHost, check_url, guarded_resolver
 
 # 408 and 429 say "later"; 5xx are the server's or a proxy's trouble. Other 4xx will not change.

@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from .. import checkpoint as ckpt
 from .. import storage as st
 from . import transforms
-from ..ingest.dataset import TASKS, catalog_table, decoded_catalog, resolve_classes, to_training
+from ..ingest.labels import TASKS, resolve_classes, to_training
+from ..ingest.catalog import catalog_table
+from ..ingest.dataset import decoded_catalog
 from ..ingest.images import Preprocessing
 from ..models import build_model, set_backbone_frozen
 from ..models import pretrained as pretrained_weights
