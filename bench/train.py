@@ -34,10 +34,11 @@ import results as results_file  # noqa: E402
 
 def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batch: int) -> list[float]:
     """The loop a user would write: in-memory tensors, one process, the same model and recipe
-    (``catalog_vision.train.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
+    (``catalog_vision.train.recipe.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
     and schedule)."""
     from catalog_vision.models import build_model
-    from catalog_vision.train.trainer import Step, _lap, make_optimizer, make_scheduler, seed_everything, train_precision
+    from catalog_vision.train.recipe import Step, make_optimizer, make_scheduler, seed_everything, train_precision
+    from catalog_vision.train.epoch import _lap
 
     t = cfg["trainer"]
     classes = cfg["data"]["classes"]

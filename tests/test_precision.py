@@ -8,7 +8,7 @@ import torch
 
 from catalog_vision.infer import precision
 from catalog_vision.infer.predictor import Predictor, resolve_dtype
-from catalog_vision.train.trainer import train_precision
+from catalog_vision.train.recipe import train_precision
 from conftest import make_cfg
 
 

@@ -64,7 +64,7 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
     import torch
 
     from catalog_vision.models import build_model
-    from catalog_vision.train.trainer import seed_everything
+    from catalog_vision.train.recipe import seed_everything
 
     seed_everything(cfg["trainer"]["seed"])
     init = build_model(cfg["model"], 10, cfg["data"]["preprocessing"]).state_dict()
