@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from catalog_vision.infer import precision
-from catalog_vision.infer.predictor import Predictor, resolve_dtype
+from catalog_vision.infer.predictor import Predictor
+from catalog_vision.infer.device import resolve_dtype
 from catalog_vision.train.recipe import train_precision
 from conftest import make_cfg
 

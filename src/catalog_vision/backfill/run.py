@@ -34,7 +34,8 @@ from ..ingest.dataset import decode_catalog, rows_per_block, to_dataset
 from ..ingest.images import Preprocessing
 from .plan import batches_per_task, check_batches_per_task, count_files, error_classes, plan_run
 from .sink import commit_batch, committed_files, remove_stale_temp_files, write_commit_record
-from ..infer.predictor import DEVICES, DTYPES, Predictor
+from ..infer.device import DEVICES, DTYPES
+from ..infer.predictor import Predictor
 from ..runtime import init_ray, new_run_id
 from ..storage.shared import check_shared
 

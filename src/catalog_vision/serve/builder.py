@@ -16,7 +16,8 @@ def app_config(args: Mapping[str, Any]) -> dict:
     """The plain config a replica receives, checked; the checkpoint path made absolute here, since
     replicas run in other working directories."""
     from .. import storage as st
-    from ..infer.predictor import TTA, check_dtype
+    from ..infer.predictor import TTA
+    from ..infer.device import check_dtype
 
     missing = [k for k in ("predictor", "serve") if k not in args]
     if missing:

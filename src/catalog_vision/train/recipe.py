@@ -33,7 +33,7 @@ def check_trainer(t: Mapping[str, Any], task: str) -> None:
     if int(t.get("accumulate_steps", 1)) < 1:
         raise ValueError(f"trainer.accumulate_steps={t.get('accumulate_steps')!r}; must be >= 1")
     transforms.build(t.get("augment"), (8, 8))  # validates the preset name
-    from ..infer.predictor import check_dtype
+    from ..infer.device import check_dtype
 
     check_dtype(t.get("precision", "auto"), "trainer.precision")
 
@@ -152,7 +152,7 @@ def train_precision(t: Mapping[str, Any], model: torch.nn.Module, model_cfg: Map
 
     from ..infer import precision
     from ..ingest.images import Preprocessing
-    from ..infer.predictor import resolve_dtype
+    from ..infer.device import resolve_dtype
 
     choice: dict | None = None
 
