@@ -69,7 +69,7 @@ def test_bad_predictor_dtype_names_choices(random_checkpoint):
 
 @pytest.mark.parametrize("value", [0, -2, "many", True, 2.5])
 def test_bad_batches_per_task_names_choices_before_any_work(value):
-    from catalog_vision.backfill.run import check_predictor
+    from catalog_vision.backfill.actors import check_predictor
 
     p = make_cfg(f"predictor.batches_per_task={value}")["predictor"]
     with pytest.raises(ValueError, match="batches_per_task=.*auto or a positive whole number"):

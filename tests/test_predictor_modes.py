@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from catalog_vision.backfill.run import backfill
-from catalog_vision.backfill.run import check_predictor, effective_predictor
+from catalog_vision.backfill.actors import check_predictor, effective_predictor
 from catalog_vision.ingest.dataset import encoded_budget, fetch_and_decode
 from catalog_vision.infer.predictor import Predictor
 from conftest import make_cfg
