@@ -13,7 +13,6 @@ from .architectures import MODELS
 from .classifier import ImageClassifier
 from .pretrained import resolve
 
-
 # Keys of the model config group that are not architecture arguments.
 _NOT_ARCHITECTURE = ("name", "dropout", "pretrained", "weights_cache")
 
