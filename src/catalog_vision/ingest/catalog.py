@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 
 from .. import storage as st
 from ..catalogs.table import iter_table_file
-from ..storage import http
+from ..storage import http_options
 
 log = logging.getLogger("catalog_vision")
 
@@ -101,7 +101,7 @@ def catalog_table(data: Mapping[str, Any], storage: Mapping[str, Any] | None = N
                       for i in range(0, max(1, part.num_rows), NORMALISE_ROWS)]
         table = pa.concat_tables(parts, promote_options="default")
         del parts
-    http.options(storage)  # a bad storage.http value fails here, not as an error row per image
+    http_options.options(storage)  # a bad storage.http value fails here, not as an error row per image
     ids = table.column("image_id")
     if pc.count_distinct(ids).as_py() != len(ids):
         dup = [v["values"] for v in pc.value_counts(ids).to_pylist() if v["counts"] > 1][:5]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from .. import storage as st
-from ..storage import http
+from ..storage import http, http_options
 from .errors import AccessDenied, ImageError, ImageTooLarge, MissingObject, ReadError
 
 
@@ -17,7 +17,7 @@ def fetch_many(uris: Sequence[str], storage: Mapping[str, Any] | None) -> list[b
     if not uris:
         return []
     if http.is_http(uris[0]):
-        return http.fetch_many(uris, http.options(storage))
+        return http.fetch_many(uris, http_options.options(storage))
     limit = max_object_bytes(storage)
     if not st.is_remote(uris[0]):
         return [_read_local(st.absolute(u), limit) for u in uris]
