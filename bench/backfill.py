@@ -163,7 +163,7 @@ class FileDataset(torch.utils.data.Dataset):
 
 def plain_pytorch(manifest: str, checkpoint: str, out: Path, batch_size: int, workers: int, bf16: bool = False, limit: int | None = None) -> int:
     from catalog_vision import checkpoint as ckpt
-    from catalog_vision.infer import predictions_schema
+    from catalog_vision.infer.predictions import predictions_schema
 
     loaded = ckpt.load(checkpoint)
     model = loaded.model.to(memory_format=torch.channels_last)
@@ -198,7 +198,7 @@ def plain_pytorch(manifest: str, checkpoint: str, out: Path, batch_size: int, wo
 # (c) ------------------------------------------------------------------------------------------
 def _model_loop(checkpoint: str, pixels_path: str, lo: int, hi: int, batch_size: int, dtype: str, threads: int, barrier) -> tuple[float, float]:
     """Time the model on pixels[lo:hi] (pre-decoded, memory-mapped) with ``threads`` torch threads."""
-    from catalog_vision.infer import Predictor
+    from catalog_vision.infer.predictor import Predictor
 
     torch.set_num_threads(threads)
     p = Predictor(checkpoint, device="cpu", dtype=dtype, channels_last=True)
@@ -219,7 +219,7 @@ def model_only(checkpoint: str, manifest: str, batch_size: int, dtype: str, root
     import multiprocessing as mp
 
     from catalog_vision import checkpoint as ckpt
-    from catalog_vision.images import Preprocessing, decode
+    from catalog_vision.ingest.images import Preprocessing, decode
 
     spec = Preprocessing.from_dict(ckpt.read_meta(checkpoint)["preprocessing"])
     uris = pq.read_table(manifest).column("uri").to_pylist()
@@ -242,7 +242,7 @@ def model_only(checkpoint: str, manifest: str, batch_size: int, dtype: str, root
 def choice_of(checkpoint: str, p: dict) -> tuple[str, int | None]:
     """What dtype=auto (and model_batch=auto) pick on this host for the predictor actors (their
     thread count, their batch); the measurements are cached, as after a host's first run."""
-    from catalog_vision.infer import Predictor
+    from catalog_vision.infer.predictor import Predictor
 
     threads = torch.get_num_threads()
     torch.set_num_threads(int(p.get("threads_per_actor") or threads))  # the actors' cache key
@@ -276,7 +276,7 @@ def main() -> None:
 
     import ray
 
-    from catalog_vision.backfill import backfill
+    from catalog_vision.backfill.run import backfill
     from catalog_vision.runtime import setup_logging, workers_at_driver_priority
 
     setup_logging()

@@ -5,7 +5,7 @@
 
 For each workload (the backfill bench's catalogs: Fashion-MNIST PNGs at 28x28 grayscale, and
 photo-like JPEGs at 640x480, 1600x1200 and 4032x3024, a 12-megapixel phone photo, decoded to 224x224
-RGB with DCT scaling, as the backfill does), it times ``catalog_vision.images.decode`` in one thread
+RGB with DCT scaling, as the backfill does), it times ``catalog_vision.ingest.images.decode`` in one thread
 and reports images per CPU-second (process CPU time, so other load on the machine does not count),
 the file size, and the decoded bytes, plus the bytes of one output row of the predictions table.
 """
@@ -34,7 +34,7 @@ def main() -> None:
     import pyarrow.parquet as pq
     import torch
 
-    from catalog_vision.images import Preprocessing, decode
+    from catalog_vision.ingest.images import Preprocessing, decode
 
     torch.set_num_threads(1)
     columns = ["workload", "file (mean)", "decoded to", "images per CPU-second", "MB read per CPU-second"]

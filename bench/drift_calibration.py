@@ -59,7 +59,7 @@ def side(name: str, labels, scores, emb, model_id: str):
 def embed_pools(args, tmp: str) -> dict:
     from catalog_vision.analytics.shifts import brighten, embed, quick_checkpoint
     from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-    from catalog_vision.infer import Predictor
+    from catalog_vision.infer.predictor import Predictor
     cfg = compose_cfg("experiment=smoke")
     arrays = load_fashion_mnist(args.fmnist)
     x = np.concatenate([arrays["train"][0], arrays["test"][0]])[:, None]

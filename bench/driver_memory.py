@@ -80,14 +80,20 @@ def measure(manifest: str, table: str) -> dict:
     import psutil
     import pyarrow as pa
 
-    from catalog_vision.data import catalog_table
-    from catalog_vision.sink import committed_files, committed_ids
+    import pyarrow.compute as pc
 
     try:
-        from catalog_vision.plan import count_files
-    except ImportError:  # code from before the planning module
-        from catalog_vision.backfill import count_files
-    import pyarrow.compute as pc
+        from catalog_vision.backfill.plan import count_files
+        from catalog_vision.backfill.sink import committed_files, committed_ids
+        from catalog_vision.ingest.catalog import catalog_table
+    except ImportError:  # --code: a checkout from before the package layout (flat catalog_vision/*.py)
+        from catalog_vision.data import catalog_table
+        from catalog_vision.sink import committed_files, committed_ids
+
+        try:
+            from catalog_vision.plan import count_files
+        except ImportError:  # code from before the planning module
+            from catalog_vision.backfill import count_files
 
     def rss_peak() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -67,7 +67,7 @@ def main() -> None:
     ap.add_argument("--kib", type=int, default=20, help="body size of each image")
     args = ap.parse_args()
 
-    from catalog_vision.storage import http
+    from catalog_vision.storage import http, http_options
     from httpfaults import self_signed
 
     body = os.urandom(args.kib * 1024)
@@ -80,7 +80,7 @@ def main() -> None:
         proc = mp.get_context("spawn").Process(target=serve, args=(child, body, cert), daemon=True)
         proc.start()
         base = parent.recv()
-        opts = http.HttpOptions(timeout=60, ca_file=ca if cert else None)
+        opts = http_options.HttpOptions(timeout=60, ca_file=ca if cert else None)
         urls = [f"{base}/ok/img?i={i}" for i in range(args.urls)]
         for name, fetch in (("loop thread", http.fetch_many), ("asyncio.run", fresh_loop)):
             fetch(urls[:8], opts)  # warm: imports, the thread

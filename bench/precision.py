@@ -26,8 +26,9 @@ import results as results_file  # noqa: E402
 
 def main() -> None:
     from catalog_vision import storage as st
-    from catalog_vision.images import Preprocessing, decode
-    from catalog_vision.infer import Predictor, cpu_has_native_bf16
+    from catalog_vision.ingest.images import Preprocessing, decode
+    from catalog_vision.infer.predictor import Predictor
+    from catalog_vision.infer.device import cpu_has_native_bf16
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", required=True)

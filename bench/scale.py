@@ -102,7 +102,7 @@ def run_one(n: int, root: Path, overrides: list[str], num_cpus: int) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     from backfill import make_cfg, make_checkpoint  # bench/backfill.py
 
-    from catalog_vision.backfill import backfill
+    from catalog_vision.backfill.run import backfill
     from catalog_vision.runtime import setup_logging
 
     setup_logging()

@@ -44,7 +44,7 @@ NOTES: list[str] = []
 def real_embeddings(table: str) -> np.ndarray:
     import pyarrow.compute as pc
 
-    from catalog_vision.query import read_predictions
+    from catalog_vision.backfill.query import read_predictions
 
     t = read_predictions(table, columns=["embedding", "error"])
     t = t.filter(pc.and_(pc.is_null(t["error"]), pc.is_valid(t["embedding"])))

@@ -71,7 +71,7 @@ def run_backfill(checkpoint: str, n: int, overrides: list[str]) -> float:
     import backfill as bench_backfill
     from conftest import FMNIST, make_cfg
 
-    from catalog_vision.backfill import backfill
+    from catalog_vision.backfill.run import backfill
 
     with tempfile.TemporaryDirectory(prefix="cvserve-backfill-") as d:
         manifest = bench_backfill.build_catalog(Path(d) / "catalog", n, "small", str(FMNIST))
@@ -98,8 +98,8 @@ def main() -> None:
     from conftest import FMNIST, free_port, make_cfg
 
     from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-    from catalog_vision.images import decode, encode_png
-    from catalog_vision.infer import Predictor
+    from catalog_vision.ingest.images import decode, encode_png
+    from catalog_vision.infer.predictor import Predictor
     from catalog_vision.serve import build_app
 
     x, _ = load_fashion_mnist(str(FMNIST))["test"]

@@ -66,8 +66,8 @@ def main() -> None:
     from conftest import FMNIST, free_port, make_cfg
 
     from catalog_vision.catalogs.fashion_mnist import load_fashion_mnist
-    from catalog_vision.images import decode, encode_png
-    from catalog_vision.infer import Predictor
+    from catalog_vision.ingest.images import decode, encode_png
+    from catalog_vision.infer.predictor import Predictor
     from catalog_vision.serve import build_app
 
     x, _ = load_fashion_mnist(str(FMNIST))["test"]

@@ -39,10 +39,11 @@ import results as results_file  # noqa: E402
 
 def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batch: int) -> list[float]:
     """The loop a user would write: in-memory tensors, one process, the same model and recipe
-    (``catalog_vision.train.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
+    (``catalog_vision.train.recipe.Step``: per-image v2 augmentation, autocast dtype, loss; same optimizer
     and schedule)."""
     from catalog_vision.models import build_model
-    from catalog_vision.train import Step, _lap, make_optimizer, make_scheduler, seed_everything, train_precision
+    from catalog_vision.train.recipe import Step, make_optimizer, make_scheduler, seed_everything, train_precision
+    from catalog_vision.train.epoch import _lap
 
     t = cfg["trainer"]
     classes = cfg["data"]["classes"]
@@ -87,7 +88,7 @@ def decoded_training_set(cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from catalog_vision.images import Preprocessing, decode
+    from catalog_vision.ingest.images import Preprocessing, decode
 
     manifest = pq.read_table(cfg["data"]["manifest"])
     manifest = manifest.filter(pc.equal(manifest.column("split"), "train"))
@@ -119,7 +120,7 @@ def main() -> None:
 
     from backfill import make_cfg  # bench/backfill.py
     from catalog_vision import make_catalog
-    from catalog_vision.train import train
+    from catalog_vision.train.trainer import train
     from catalog_vision.runtime import setup_logging, workers_at_driver_priority
 
     setup_logging()

@@ -14,8 +14,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from catalog_vision.backfill import backfill
-from catalog_vision.lease import LeaseHeld
-from catalog_vision.outcome import EXIT_CODES, BackfillFailed
+from catalog_vision.backfill.lease import LeaseHeld
+from catalog_vision.backfill.outcome import EXIT_CODES, BackfillFailed
 from catalog_vision.runtime import setup_logging
 
 

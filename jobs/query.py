@@ -8,7 +8,7 @@ accuracy against the manifest's labels (per split).
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from catalog_vision.query import query
+from catalog_vision.backfill.query import query
 from catalog_vision.runtime import setup_logging
 
 

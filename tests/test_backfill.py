@@ -10,12 +10,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog_vision import make_catalog
-from catalog_vision.backfill import backfill
+from catalog_vision.backfill.run import backfill
 from catalog_vision import storage as st
-from catalog_vision.data import list_images
-from catalog_vision.images import Preprocessing, decode
-from catalog_vision.infer import Predictor
-from catalog_vision.query import read_predictions, summarize
+from catalog_vision.ingest.catalog import list_images
+from catalog_vision.ingest.images import Preprocessing, decode
+from catalog_vision.infer.predictor import Predictor
+from catalog_vision.backfill.query import read_predictions, summarize
 from conftest import BAD_INPUTS, BUCKET, make_cfg, write_hostile_manifest
 
 EXPECTED_ERRORS = {cls: 1 for _, _, cls in BAD_INPUTS.values()}

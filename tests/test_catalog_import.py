@@ -18,8 +18,9 @@ from PIL import Image
 from catalog_vision import storage as st
 from catalog_vision.catalogs import make_catalog, read_folders, read_product_table, read_table_file
 from catalog_vision.catalogs.splits import assign_splits, check_fractions
-from catalog_vision.data import catalog_table, resolve_classes
-from catalog_vision.tables import catalog_id
+from catalog_vision.ingest.catalog import catalog_table
+from catalog_vision.ingest.labels import resolve_classes
+from catalog_vision.backfill.tables import catalog_id
 from conftest import BUCKET, make_cfg
 
 FRACTIONS = {"train": 0.8, "val": 0.1, "test": 0.1}
@@ -238,9 +239,9 @@ def test_unknown_class_in_a_later_catalog_is_reported_not_an_error(tmp_path, cap
 
     from catalog_vision import checkpoint as ckpt
     from catalog_vision.evaluate import evaluate
-    from catalog_vision.infer import predictions_schema
+    from catalog_vision.infer.predictions import predictions_schema
     from catalog_vision.models import build_model
-    from catalog_vision.sink import commit_batch
+    from catalog_vision.backfill.sink import commit_batch
 
     classes = ["bag", "dress", "shirt"]
     cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}")

@@ -4,7 +4,7 @@ import pytest
 from hydra.errors import MissingConfigException
 
 from catalog_vision import storage as st
-from catalog_vision.infer import Predictor
+from catalog_vision.infer.predictor import Predictor
 from conftest import make_cfg
 
 
@@ -69,7 +69,7 @@ def test_bad_predictor_dtype_names_choices(random_checkpoint):
 
 @pytest.mark.parametrize("value", [0, -2, "many", True, 2.5])
 def test_bad_batches_per_task_names_choices_before_any_work(value):
-    from catalog_vision.backfill import check_predictor
+    from catalog_vision.backfill.actors import check_predictor
 
     p = make_cfg(f"predictor.batches_per_task={value}")["predictor"]
     with pytest.raises(ValueError, match="batches_per_task=.*auto or a positive whole number"):
@@ -77,7 +77,7 @@ def test_bad_batches_per_task_names_choices_before_any_work(value):
 
 
 def test_batches_per_task_auto_sizes_tasks_by_pixels_and_keeps_every_actor_busy():
-    from catalog_vision.plan import MIN_TASKS_PER_ACTOR, TASK_BYTES, batches_per_task
+    from catalog_vision.backfill.plan import MIN_TASKS_PER_ACTOR, TASK_BYTES, batches_per_task
 
     cases = [(512, 784, 70_000, 2), (512, 784, 20_000, 2), (64, 3 * 224 * 224, 6_000, 2), (512, 784, 500, 2), (32, 784, 10**6, 8)]
     for batch, image_bytes, rows, actors in cases:

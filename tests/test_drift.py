@@ -14,7 +14,7 @@ import pytest
 
 from catalog_vision.analytics import run_drift
 from catalog_vision.analytics.shifts import brighten, embed, quick_checkpoint, write_run
-from catalog_vision.infer import Predictor
+from catalog_vision.infer.predictor import Predictor
 from conftest import make_cfg
 
 pytestmark = pytest.mark.slow  # the fixture trains a small model (and uses the session's other one)

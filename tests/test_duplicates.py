@@ -18,7 +18,7 @@ from PIL import Image
 
 from catalog_vision.analytics import connected_groups, run_duplicates
 from catalog_vision.analytics.shifts import brighten
-from catalog_vision.backfill import backfill
+from catalog_vision.backfill.run import backfill
 from conftest import make_cfg
 
 N, N_TRAIN, N_COPIES, N_ALTERED = 240, 160, 12, 12

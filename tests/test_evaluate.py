@@ -16,7 +16,7 @@ from PIL import Image
 
 from catalog_vision import storage as st
 from catalog_vision.evaluate import evaluate, multiclass_metrics, multilabel_metrics, reliability, top_confusions
-from catalog_vision.tables import catalog_id
+from catalog_vision.backfill.tables import catalog_id
 from conftest import BAD_INPUTS, BUCKET, make_cfg, write_hostile_manifest
 
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -144,9 +144,9 @@ def multilabel_setup(tmp_path):
     import torch
 
     from catalog_vision import checkpoint as ckpt
-    from catalog_vision.infer import predictions_schema
+    from catalog_vision.infer.predictions import predictions_schema
     from catalog_vision.models import build_model
-    from catalog_vision.sink import commit_batch
+    from catalog_vision.backfill.sink import commit_batch
 
     cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}")
     torch.manual_seed(0)
@@ -309,9 +309,9 @@ def check_report_files(read, y: np.ndarray, pred: np.ndarray) -> None:
 def test_checkpoint_report(hostile, checkpoint_report):
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-    from catalog_vision.images import Preprocessing, decode
-    from catalog_vision.infer import Predictor
-    from catalog_vision.query import read_manifest
+    from catalog_vision.ingest.images import Preprocessing, decode
+    from catalog_vision.infer.predictor import Predictor
+    from catalog_vision.backfill.query import read_manifest
 
     cfg, m = checkpoint_report
     n = hostile["n_good"]
@@ -360,8 +360,8 @@ def test_checkpoint_report(hostile, checkpoint_report):
 def test_report_from_a_backfill_matches_duckdb_and_the_checkpoint(hostile, checkpoint_report, s3_endpoint):
     """Backfill (float32) → report from its Parquet, written to S3: DuckDB's accuracy, and the
     checkpoint report's confusion matrix, exactly; ROC-AUC flagged approximate (top-5 of 10)."""
-    from catalog_vision.backfill import backfill
-    from catalog_vision.query import read_manifest, read_predictions, summarize
+    from catalog_vision.backfill.run import backfill
+    from catalog_vision.backfill.query import read_manifest, read_predictions, summarize
 
     _, from_ckpt = checkpoint_report
     base = ["experiment=smoke", "storage=s3", f"paths.root={hostile['tmp']}", f"data.manifest={hostile['manifest']}"]
@@ -410,9 +410,9 @@ def test_multilabel_report_from_checkpoint(multilabel_setup, local_catalog):
     """A multi-label checkpoint run on real images: sigmoid scores, the checkpoint's thresholds."""
     from sklearn.metrics import f1_score, hamming_loss
 
-    from catalog_vision.images import Preprocessing, decode
-    from catalog_vision.infer import Predictor
-    from catalog_vision.query import read_manifest
+    from catalog_vision.ingest.images import Preprocessing, decode
+    from catalog_vision.infer.predictor import Predictor
+    from catalog_vision.backfill.query import read_manifest
 
     s = multilabel_setup
     catalog = read_manifest(str(Path(local_catalog["root"]) / "catalog" / "manifest.parquet"))

@@ -18,15 +18,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from catalog_vision import lease as leases
+from catalog_vision.backfill import lease as leases
 from catalog_vision import make_catalog
 from catalog_vision import storage as st
-from catalog_vision.backfill import backfill
+from catalog_vision.backfill.run import backfill
 from catalog_vision.checkpoint import load
-from catalog_vision.outcome import BackfillFailed
-from catalog_vision.query import read_predictions
-from catalog_vision.sink import commit_batch, committed_files
-from catalog_vision.tables import catalog_id, table_dir
+from catalog_vision.backfill.outcome import BackfillFailed
+from catalog_vision.backfill.query import read_predictions
+from catalog_vision.backfill.sink import commit_batch, committed_files
+from catalog_vision.backfill.tables import catalog_id, table_dir
 from conftest import BUCKET, REPO, make_cfg
 from faultproxy import FaultProxy
 

@@ -17,10 +17,12 @@ import pytest
 from PIL import Image
 
 from catalog_vision.storage.secrets import redact_url
-from catalog_vision.data import _resolve_uri, catalog_table, fetch_and_decode
-from catalog_vision.outcome import BackfillFailed
-from catalog_vision.images import AccessDenied, ImageTooLarge, MissingObject, Preprocessing, ReadError, RefusedURI, decode, error_string
-from catalog_vision.storage import http
+from catalog_vision.ingest.catalog import _resolve_uri, catalog_table
+from catalog_vision.ingest.dataset import fetch_and_decode
+from catalog_vision.backfill.outcome import BackfillFailed
+from catalog_vision.ingest.errors import AccessDenied, ImageTooLarge, MissingObject, ReadError, RefusedURI, error_string
+from catalog_vision.ingest.images import Preprocessing, decode
+from catalog_vision.storage import http, http_options
 from conftest import free_port, make_cfg
 from httpfaults import FaultServer, Stats, self_signed, server_ssl_context
 
@@ -49,8 +51,8 @@ def server(images):
         yield s
 
 
-def opts(**kw) -> http.HttpOptions:
-    return http.HttpOptions(**{**OPTS, **kw})
+def opts(**kw) -> http_options.HttpOptions:
+    return http_options.HttpOptions(**{**OPTS, **kw})
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -98,7 +100,7 @@ def test_redirects_are_followed_only_where_the_uri_policy_allows(server, images)
 def test_private_hosts_are_refused_by_default(server, images):
     """With the shipped config, a URL whose host is, or resolves to, a loopback address is a
     RefusedURI row and no request reaches the server; allow_private_hosts=true fetches them."""
-    default = http.options(make_cfg("storage=local")["storage"])
+    default = http_options.options(make_cfg("storage=local")["storage"])
     assert default.allow_private_hosts is False
     urls = [server.url("ok", "img00.png"), server.url("ok", "img01.png").replace("127.0.0.1", "localhost"),  # a literal IP; a DNS name
             server.url("redirect", "img02.png")]
@@ -145,7 +147,7 @@ class NamesResolver:
         pass
 
 
-def fetch_with_resolver(urls: list[str], o: http.HttpOptions, resolver) -> list:
+def fetch_with_resolver(urls: list[str], o: http_options.HttpOptions, resolver) -> list:
     async def run():
         client = http._Client(o, resolver=resolver)
         try:
@@ -315,7 +317,7 @@ def test_bad_http_options_fail_at_start(group, override, message, tmp_path):
 @pytest.mark.parametrize("group", ["local", "s3"])
 def test_both_storage_groups_carry_the_http_block(group):
     cfg = make_cfg(f"storage={group}", "storage.http.per_host_concurrency=4")
-    o = http.options(cfg["storage"])
+    o = http_options.options(cfg["storage"])
     assert o.per_host_concurrency == 4 and o.timeout == 60 and o.ca_file is None
 
 
@@ -351,7 +353,7 @@ def test_backfill_over_http_with_faults(ray_local, random_checkpoint, images, tm
         manifest = tmp_path / "manifest.parquet"
         pq.write_table(pa.table({"image_id": [r[1] for r in rows], "uri": [r[2] for r in rows], "label": ["Bag"] * len(rows), "split": ["test"] * len(rows)}), manifest)
 
-        from catalog_vision.backfill import backfill
+        from catalog_vision.backfill.run import backfill
 
         cfg = make_cfg(
             "experiment=smoke",

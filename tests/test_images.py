@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catalog_vision.images import EmptyFile, ImageTooLarge, NotAnImage, Preprocessing, TruncatedImage, decode, error_string
+from catalog_vision.ingest.errors import EmptyFile, ImageTooLarge, NotAnImage, TruncatedImage, error_string
+from catalog_vision.ingest.images import Preprocessing, decode
 
 GRAY = Preprocessing(image_size=(28, 28), channels=1, mean=(0.5,), std=(0.5,))
 RGB = Preprocessing(image_size=(32, 32), channels=3, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
@@ -159,7 +160,7 @@ def test_device_decoder_fits_like_the_cpu_decoder(fit):
     """GPU JPEG decode resizes with torch; it must place the image in the same box as the CPU path."""
     import torch
 
-    from catalog_vision.infer import fit_tensor
+    from catalog_vision.infer.device_decode import fit_tensor
 
     spec = Preprocessing(image_size=(30, 40), channels=3, mean=(0.2, 0.4, 0.6), std=(0.2, 0.2, 0.2), fit=fit)
     data = _bars(300, 100)
@@ -178,7 +179,7 @@ def test_device_decoder_resizes_with_the_checkpoints_interpolation(fit, resize):
     same preprocessing.resize to within rounding, and is further from the other two kernels."""
     import torch
 
-    from catalog_vision.infer import fit_tensor
+    from catalog_vision.infer.device_decode import fit_tensor
 
     arr = np.kron(np.random.default_rng(0).integers(0, 256, (50, 100, 3)), np.ones((2, 3, 1))).astype(np.uint8)
     data = encode(Image.fromarray(arr), "PNG")  # 300x100, lossless
@@ -189,7 +190,7 @@ def test_device_decoder_resizes_with_the_checkpoints_interpolation(fit, resize):
 
 
 def test_local_fetch_gives_each_file_its_own_outcome(tmp_path):
-    from catalog_vision.data import fetch_and_decode
+    from catalog_vision.ingest.dataset import fetch_and_decode
 
     good = tmp_path / "good.png"
     good.write_bytes(encode(Image.fromarray(np.full((28, 28), 7, np.uint8)), "PNG"))
@@ -206,7 +207,7 @@ def test_an_undocumented_decoder_failure_is_a_final_error_row(monkeypatch):
     retry forever (review 3.15)."""
     from PIL import ImageOps
 
-    from catalog_vision.outcome import is_retryable
+    from catalog_vision.backfill.outcome import is_retryable
 
     def broken(im, **kw):
         raise KeyError(274)  # the orientation tag

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from catalog_vision.query import read_predictions
+from catalog_vision.backfill.query import read_predictions
 from conftest import REPO
 from raycluster import BIN, start_cluster, stop_cluster
 

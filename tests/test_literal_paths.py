@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from catalog_vision import storage as st
-from catalog_vision.data import fetch_and_decode
+from catalog_vision.ingest.dataset import fetch_and_decode
 from conftest import BUCKET, make_cfg
 
 # name → the gray level its image is filled with (each object identifies itself by its pixels)

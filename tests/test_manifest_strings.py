@@ -4,10 +4,10 @@ evaluation's ground truth (review 3.10)."""
 
 import pyarrow.parquet as pq
 
-from catalog_vision.backfill import backfill
-from catalog_vision.data import catalog_table
+from catalog_vision.backfill.run import backfill
+from catalog_vision.ingest.catalog import catalog_table
 from catalog_vision.evaluate import ground_truth
-from catalog_vision.query import read_manifest, read_predictions, summarize
+from catalog_vision.backfill.query import read_manifest, read_predictions, summarize
 from conftest import make_cfg
 
 

@@ -6,8 +6,8 @@ import json
 import numpy as np
 import pytest
 
-from catalog_vision import model_batch, precision
-from catalog_vision.infer import Predictor
+from catalog_vision.infer import model_batch, precision
+from catalog_vision.infer.predictor import Predictor
 
 
 def test_candidates_are_the_batch_and_its_halves_down_to_the_floor():

@@ -116,7 +116,7 @@ def test_folding_batchnorm_keeps_the_outputs(name, channels, side):
 
 def test_predictor_rows_match_with_and_without_folding(tmp_path):
     from catalog_vision import checkpoint as ckpt
-    from catalog_vision.infer import Predictor
+    from catalog_vision.infer.predictor import Predictor
 
     torch.manual_seed(1)
     pre = {"channels": 3, "mean": [0.5] * 3, "std": [0.25] * 3, "image_size": [32, 32]}

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog_vision import checkpoint as ckpt, make_catalog
-from catalog_vision.backfill import backfill
-from catalog_vision.train import train
-from catalog_vision.data import decoded_catalog
+from catalog_vision.backfill.run import backfill
+from catalog_vision.train.trainer import train
+from catalog_vision.ingest.dataset import decoded_catalog
 from catalog_vision.evaluate import evaluate
-from catalog_vision.infer import Predictor
-from catalog_vision.query import read_predictions
+from catalog_vision.infer.predictor import Predictor
+from catalog_vision.backfill.query import read_predictions
 from conftest import make_cfg
 
 pytestmark = pytest.mark.slow

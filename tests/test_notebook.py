@@ -7,8 +7,8 @@ import nbclient
 import nbformat
 import pyarrow.parquet as pq
 
-from catalog_vision.backfill import backfill
-from catalog_vision.query import read_predictions
+from catalog_vision.backfill.run import backfill
+from catalog_vision.backfill.query import read_predictions
 from conftest import REPO, make_cfg
 
 NOTEBOOK = REPO / "notebooks" / "01-query-predictions.ipynb"

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog_vision.analytics.shifts import brighten
-from catalog_vision.backfill import backfill
+from catalog_vision.backfill.run import backfill
 from catalog_vision.search import build_index, index_folder
 from conftest import REPO, make_cfg
 from test_duplicates import png

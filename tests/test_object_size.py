@@ -7,7 +7,7 @@ import numpy as np
 from PIL import Image
 
 from catalog_vision import storage as st
-from catalog_vision.data import fetch_and_decode
+from catalog_vision.ingest.dataset import fetch_and_decode
 from conftest import BUCKET, make_cfg
 
 

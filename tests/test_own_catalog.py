@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from catalog_vision import checkpoint as ckpt
-from catalog_vision.backfill import backfill
+from catalog_vision.backfill.run import backfill
 from catalog_vision.catalogs import make_catalog, read_table_file
 from catalog_vision.evaluate import evaluate
-from catalog_vision.query import query
-from catalog_vision.train import train
+from catalog_vision.backfill.query import query
+from catalog_vision.train.trainer import train
 from conftest import BUCKET, make_cfg
 
 

@@ -6,9 +6,10 @@ import json
 import pytest
 import torch
 
-from catalog_vision import precision
-from catalog_vision.infer import Predictor, resolve_dtype
-from catalog_vision.train import train_precision
+from catalog_vision.infer import precision
+from catalog_vision.infer.predictor import Predictor
+from catalog_vision.infer.device import resolve_dtype
+from catalog_vision.train.recipe import train_precision
 from conftest import make_cfg
 
 

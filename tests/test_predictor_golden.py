@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from catalog_vision import checkpoint as ckpt
-from catalog_vision.infer import Predictor
+from catalog_vision.infer.predictor import Predictor
 from catalog_vision.models import build_model
 from conftest import make_cfg
 

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from catalog_vision.backfill import backfill
-from catalog_vision.backfill import check_predictor, effective_predictor
-from catalog_vision.data import encoded_budget, fetch_and_decode
-from catalog_vision.infer import Predictor
+from catalog_vision.backfill.run import backfill
+from catalog_vision.backfill.actors import check_predictor, effective_predictor
+from catalog_vision.ingest.dataset import encoded_budget, fetch_and_decode
+from catalog_vision.infer.predictor import Predictor
 from conftest import make_cfg
 
 
@@ -32,7 +32,7 @@ def test_bfloat16_agrees_with_float32(random_checkpoint, local_catalog):
     base = Path(local_catalog["cfg"]["data"]["manifest"]).parent
     f32 = Predictor(random_checkpoint, dtype="float32")
     b16 = Predictor(random_checkpoint, dtype="bfloat16")
-    from catalog_vision.images import Preprocessing, decode
+    from catalog_vision.ingest.images import Preprocessing, decode
 
     spec = Preprocessing.from_dict(f32.loaded.preprocessing)
     pixels = np.stack([decode((base / u).read_bytes(), spec) for u in table.column("uri").to_pylist()[:256]])
@@ -228,7 +228,7 @@ def test_stale_temp_files_are_removed(ray_local, local_catalog, random_checkpoin
 
     from catalog_vision.checkpoint import load
 
-    from catalog_vision.tables import catalog_id
+    from catalog_vision.backfill.tables import catalog_id
 
     model_dir = tmp_path / "predictions" / load(random_checkpoint).model_id / catalog_id(local_catalog["cfg"]["data"]) / "old-run"
     model_dir.mkdir(parents=True)
@@ -241,7 +241,7 @@ def test_stale_temp_files_are_removed(ray_local, local_catalog, random_checkpoin
 
 
 def test_hflip_tta_averages_the_image_and_its_mirror(random_checkpoint):
-    from catalog_vision.infer import Predictor
+    from catalog_vision.infer.predictor import Predictor
 
     x = np.random.default_rng(0).integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
     plain = Predictor(random_checkpoint, dtype="float32")

@@ -166,7 +166,7 @@ def test_weights_for_another_architecture_are_refused(torch_home, tmp_path):
     """resnet18 weights given to a resnet50 fit almost none of its tensors: an error naming the file,
     before Ray starts, rather than training from random weights with a log line (review 3.14)."""
     from catalog_vision.models.loading import WeightsMismatch
-    from catalog_vision.train import train
+    from catalog_vision.train.trainer import train
 
     path = tmp_path / "resnet18.pth"
     torch.save(fake_imagenet_state(), path)
@@ -189,7 +189,7 @@ def test_weights_for_another_architecture_are_refused(torch_home, tmp_path):
 def test_train_stops_before_decoding_when_weights_are_missing(torch_home, tmp_path):
     # No catalog under paths.root at all: reaching the decode would fail on the manifest instead.
     cfg = make_cfg("experiment=smoke", "model=resnet18", "model.pretrained=imagenet", f"paths.root={tmp_path}/nothing-here", "data.preprocessing.channels=3", "data.preprocessing.mean=[0.5,0.5,0.5]", "data.preprocessing.std=[0.5,0.5,0.5]")
-    from catalog_vision.train import train
+    from catalog_vision.train.trainer import train
 
     started = time.perf_counter()
     with pytest.raises(WeightsNotFound, match=FILE):
@@ -199,7 +199,7 @@ def test_train_stops_before_decoding_when_weights_are_missing(torch_home, tmp_pa
 
 @pytest.mark.slow
 def test_train_from_cached_imagenet_weights_stores_their_normalisation(local_catalog, torch_home, tmp_path, monkeypatch):
-    from catalog_vision.train import train
+    from catalog_vision.train.trainer import train
 
     state = fake_imagenet_state(seed=11)
     path = seed_hub(torch_home, state)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from catalog_vision.backfill import backfill
+from catalog_vision.backfill.run import backfill
 from catalog_vision.checkpoint import load
-from catalog_vision.sink import committed_files
-from catalog_vision.tables import catalog_id
+from catalog_vision.backfill.sink import committed_files
+from catalog_vision.backfill.tables import catalog_id
 from conftest import REPO, finish, make_cfg, output, start_logged
 
 pytestmark = pytest.mark.slow

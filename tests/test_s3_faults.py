@@ -4,8 +4,8 @@ nothing is lost; a permanent one (access denied) becomes that image's error row.
 import pytest
 
 from catalog_vision import make_catalog
-from catalog_vision.backfill import backfill
-from catalog_vision.query import read_predictions
+from catalog_vision.backfill.run import backfill
+from catalog_vision.backfill.query import read_predictions
 from conftest import BUCKET, make_cfg
 from faultproxy import FaultProxy
 

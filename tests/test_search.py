@@ -17,10 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from catalog_vision import storage as st
-from catalog_vision.backfill import backfill
+from catalog_vision.backfill.run import backfill
 from catalog_vision.search import SimilarityIndex, UnknownImage, build_index, index_folder, similar
 from catalog_vision.search.jobs import target
-from catalog_vision.sink import commit_batch
+from catalog_vision.backfill.sink import commit_batch
 from conftest import BAD_INPUTS, BUCKET, REPO, make_cfg, write_hostile_manifest
 
 K = 10

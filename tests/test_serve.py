@@ -18,8 +18,8 @@ from serve_helpers import train_checkpoint
 from conftest import free_port, make_cfg
 
 from catalog_vision import checkpoint as ckpt
-from catalog_vision.images import Preprocessing, decode, encode_jpeg, encode_png
-from catalog_vision.infer import Predictor
+from catalog_vision.ingest.images import Preprocessing, decode, encode_jpeg, encode_png
+from catalog_vision.infer.predictor import Predictor
 from catalog_vision.serve import build_app, check_serve
 
 MODEL = "catalog-vision"
@@ -422,8 +422,8 @@ def test_still_serving_after_the_bad_requests(service, direct, fmnist_arrays):
 def test_served_images_land_in_the_predictions_table_and_a_backfill_skips_them(service, direct, local_catalog, tmp_path):
     import duckdb
 
-    from catalog_vision.backfill import backfill
-    from catalog_vision.infer import predictions_schema
+    from catalog_vision.backfill.run import backfill
+    from catalog_vision.infer.predictions import predictions_schema
 
     manifest = f"{local_catalog['root']}/catalog/manifest.parquet"
     catalog = duckdb.connect().execute(f"SELECT image_id, uri FROM read_parquet('{manifest}') WHERE split = 'test' ORDER BY image_id").fetchall()
@@ -532,7 +532,7 @@ def test_online_answers_equal_the_backfill_on_all_fashion_mnist_test_images(serv
     import duckdb
 
     from catalog_vision import make_catalog
-    from catalog_vision.backfill import backfill
+    from catalog_vision.backfill.run import backfill
 
     cfg = make_cfg("experiment=smoke", f"paths.root={tmp_path}", f"data.source={fmnist}", "data.limit.train=64", "data.limit.val=32", "data.limit.test=null")
     summary = make_catalog(cfg)

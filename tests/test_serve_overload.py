@@ -17,7 +17,7 @@ import requests
 
 from conftest import free_port, make_cfg
 
-from catalog_vision.images import encode_png
+from catalog_vision.ingest.images import encode_png
 from catalog_vision.serve import build_app
 
 MODEL = "catalog-vision"

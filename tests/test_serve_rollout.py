@@ -17,8 +17,8 @@ from conftest import free_port, make_cfg
 from serve_helpers import serve_deploy, train_checkpoint, wait_for_model
 
 from catalog_vision import checkpoint as ckpt
-from catalog_vision.images import decode, encode_png
-from catalog_vision.infer import Predictor
+from catalog_vision.ingest.images import decode, encode_png
+from catalog_vision.infer.predictor import Predictor
 from catalog_vision.serve.deploy import deploy_config
 
 MODEL = "catalog-vision"

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import free_port, make_cfg
 
-from catalog_vision.images import decode, encode_png
-from catalog_vision.infer import Predictor
+from catalog_vision.ingest.images import decode, encode_png
+from catalog_vision.infer.predictor import Predictor
 from catalog_vision.serve import build_app
 
 httpclient = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is in the test extras")

@@ -1,11 +1,11 @@
 """trainer.cache_shard_mb: a Train worker's shard kept in memory after the first epoch
-(catalog_vision.shard_cache), read from a real Ray Dataset."""
+(catalog_vision.train.shard_cache), read from a real Ray Dataset."""
 
 import numpy as np
 import pytest
 import torch
 
-from catalog_vision.shard_cache import ShardCache
+from catalog_vision.train.shard_cache import ShardCache
 
 DTYPES = {"pixels": torch.uint8, "y": torch.int64}
 

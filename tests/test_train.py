@@ -7,9 +7,9 @@ import boto3
 import pytest
 
 from catalog_vision import checkpoint as ckpt, make_catalog
-from catalog_vision.backfill import backfill
-from catalog_vision.train import train
-from catalog_vision.query import summarize
+from catalog_vision.backfill.run import backfill
+from catalog_vision.train.trainer import train
+from catalog_vision.backfill.query import summarize
 from conftest import BUCKET, make_cfg
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_train_then_backfill_then_query(local_catalog, tmp_path):
     import torch
 
     from catalog_vision.models import build_model
-    from catalog_vision.train import seed_everything
+    from catalog_vision.train.recipe import seed_everything
 
     seed_everything(cfg["trainer"]["seed"])
     init = build_model(cfg["model"], 10, cfg["data"]["preprocessing"]).state_dict()

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from catalog_vision import transforms
+from catalog_vision.train import transforms
 from catalog_vision.catalogs import make_tiles
-from catalog_vision.data import to_training
-from catalog_vision.train import Step, check_trainer, choose_thresholds, class_weights, make_scheduler, monitor_of, multilabel_val_metrics
+from catalog_vision.ingest.labels import to_training
+from catalog_vision.train.recipe import Step, check_trainer, class_weights, make_scheduler, monitor_of
+from catalog_vision.train.metrics import choose_thresholds, multilabel_val_metrics
 from conftest import make_cfg
 
 

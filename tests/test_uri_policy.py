@@ -8,9 +8,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from catalog_vision import storage as st
-from catalog_vision.backfill import backfill
-from catalog_vision.query import read_predictions
-from catalog_vision.data import _resolve_uri
+from catalog_vision.backfill.run import backfill
+from catalog_vision.backfill.query import read_predictions
+from catalog_vision.ingest.catalog import _resolve_uri
 from catalog_vision.storage.policy import normalised, refusals, refusals_column, resolve_column
 from conftest import BUCKET, make_cfg
 

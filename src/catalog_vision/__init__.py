@@ -1,7 +1,7 @@
 """catalog-vision: label and embed whole image catalogs on Ray.
 
 The public names below load lazily (PEP 562): Ray Data's decode tasks import
-``catalog_vision.data`` and must not pay for importing torch.
+``catalog_vision.ingest`` and must not pay for importing torch.
 """
 
 from __future__ import annotations
@@ -10,17 +10,17 @@ import importlib
 
 _EXPORTS = {
     "MODELS": ".models",
-    "Predictor": ".infer",
-    "Preprocessing": ".images",
-    "backfill": ".backfill",
+    "Predictor": ".infer.predictor",
+    "Preprocessing": ".ingest.images",
+    "backfill": ".backfill.run",
     "build_model": ".models",
-    "decode": ".images",
+    "decode": ".ingest.images",
     "load_checkpoint": ".checkpoint",
     "make_catalog": ".catalogs",
-    "predictions_schema": ".infer",
+    "predictions_schema": ".infer.predictions",
     "run_pipeline": ".pipeline",
-    "summarize": ".query",
-    "train": ".train",
+    "summarize": ".backfill.query",
+    "train": ".train.trainer",
 }
 __all__ = [
     "MODELS",

@@ -7,11 +7,11 @@ import time
 from typing import Any, Mapping
 
 from . import storage as st
-from .backfill import backfill
+from .backfill.run import backfill
 from .catalogs import make_catalog
 from .evaluate import evaluate
-from .query import print_summary, summarize
-from .train import train
+from .backfill.query import print_summary, summarize
+from .train.trainer import train
 
 
 def run_pipeline(cfg: Mapping[str, Any], command: str | None = None) -> dict:

@@ -125,7 +125,7 @@ def write_parquet(table: pa.Table, uri: str, storage: Mapping[str, Any] | None) 
 def split_map(manifest: str | None, storage: Mapping[str, Any] | None) -> dict[str, str]:
     if not manifest:
         return {}
-    from ..query import read_manifest
+    from ..backfill.query import read_manifest
 
     m = read_manifest(st.absolute(manifest), storage)
     if "split" not in m.column_names:

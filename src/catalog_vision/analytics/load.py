@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..query import read_predictions
+from ..backfill.query import read_predictions
 
 COLUMNS = ["image_id", "uri", "label", "score", "embedding", "model_id", "run_id", "error"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from .. import storage as st
-from ..tables import catalog_id, table_dir
+from ..backfill.tables import catalog_id, table_dir
 
 
 def predictions_table(cfg: Mapping[str, Any], given: str | None) -> str:

@@ -49,7 +49,7 @@ def quick_checkpoint(path: str, pixels: np.ndarray, y: np.ndarray, classes: Sequ
 
 
 def embed(predictor, pixels: np.ndarray, batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Run :meth:`.infer.Predictor.predict_pixels` in batches: (probabilities, embeddings)."""
+    """Run :meth:`~catalog_vision.infer.predictor.Predictor.predict_pixels` in batches: (probabilities, embeddings)."""
     probs, embs = [], []
     for s in range(0, len(pixels), batch):
         p, e = predictor.predict_pixels(pixels[s : s + batch])
@@ -61,7 +61,7 @@ def embed(predictor, pixels: np.ndarray, batch: int = 1024) -> tuple[np.ndarray,
 def write_run(predictor, out_dir: str, ids: Sequence[str], uris: Sequence[str], outputs: tuple[np.ndarray, np.ndarray],
               storage: Mapping[str, Any] | None = None) -> str:
     """Predictions rows for ``outputs`` in the backfill schema, as one committed file of a run folder."""
-    from ..sink import commit_batch
+    from ..backfill.sink import commit_batch
 
     table = predictor.table_from_outputs(list(ids), list(uris), outputs, [None] * len(ids))
     receipt = commit_batch(table, out_dir, storage)

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .. import storage as st
-from ..images import encode_jpeg, encode_png
+from ..ingest.images import encode_jpeg, encode_png
 from ..runtime import init_ray
 from .table import read_table_file
 

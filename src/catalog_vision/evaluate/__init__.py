@@ -3,7 +3,7 @@
 Two sources of predictions (``evaluate.source``):
 
 * ``checkpoint`` — run the checkpoint on the labeled split (``evaluate.split``) of the catalog:
-  Ray Data fetches and decodes the images, the driver runs :class:`~catalog_vision.infer.Predictor`
+  Ray Data fetches and decodes the images, the driver runs :class:`~catalog_vision.infer.predictor.Predictor`
   and keeps the **full** class-probability vectors.
 * ``predictions`` — a backfill's Parquet joined on ``image_id`` with the manifest's labels. Only
   ``topk_labels``/``topk_scores`` are stored, so the probability matrix has zeros outside the top-k:

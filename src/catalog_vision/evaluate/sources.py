@@ -13,8 +13,9 @@ from .truth import class_index
 
 def from_checkpoint(cfg: Mapping[str, Any], e: Mapping[str, Any], checkpoint: str, split: str | None, gt_ids: dict[str, int]) -> dict:
     """Run the checkpoint over the decoded split on the driver; full probability vectors."""
-    from ..data import decoded_catalog, is_error
-    from ..infer import Predictor
+    from ..ingest.dataset import decoded_catalog
+    from ..ingest.errors import is_error
+    from ..infer.predictor import Predictor
     from ..runtime import init_ray
 
     storage = cfg["storage"]
@@ -64,7 +65,7 @@ def from_checkpoint(cfg: Mapping[str, Any], e: Mapping[str, Any], checkpoint: st
 
 def from_predictions(cfg: Mapping[str, Any], uri: str, classes: Sequence[str], task: str, gt_ids: dict[str, int]) -> dict:
     """A backfill's Parquet: probabilities rebuilt from ``topk_labels``/``topk_scores`` (zeros elsewhere)."""
-    from ..query import read_predictions
+    from ..backfill.query import read_predictions
 
     storage = cfg["storage"]
     table = read_predictions(uri, storage, columns=["image_id", "label", "score", "topk_labels", "topk_scores", "labels", "model_id", "error"])

@@ -26,7 +26,7 @@ def ground_truth(cfg: Mapping[str, Any], split: str | None, task: str) -> tuple[
     catalog is a listed prefix (``data.images_prefix``). Raises ValueError naming the splits that do
     have labeled rows when ``split`` has none.
     """
-    from ..query import read_manifest
+    from ..backfill.query import read_manifest
 
     data, storage = cfg["data"], cfg["storage"]
     table, where, splits = _split_rows(cfg, split)
@@ -86,11 +86,11 @@ def binarize(label_lists: Sequence[Sequence[str]], classes: Sequence[str], what:
 
 def _split_rows(cfg: Mapping[str, Any], split: str | None) -> tuple[pa.Table, str, list[str] | None]:
     """The catalog's rows of ``split`` (all rows for None), where they were read, and the manifest's splits."""
-    from ..query import read_manifest
+    from ..backfill.query import read_manifest
 
     data, storage = cfg["data"], cfg["storage"]
     if data.get("images_prefix"):
-        from ..data import catalog_table
+        from ..ingest.catalog import catalog_table
 
         table = catalog_table(data, storage, split=split).select(["image_id", "label"])
         where = f"class folders under {data['images_prefix']!r}"

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from .architectures import MODELS
+
 log = logging.getLogger("catalog_vision")
 
 IMAGENET = "imagenet"
@@ -88,8 +90,6 @@ def models_with_published_weights() -> list[str]:
 
     torchvision = load_torchvision()
 
-    from .factory import MODELS
-
     out = []
     for name in MODELS:
         try:
@@ -105,8 +105,6 @@ def published_weights(model_name: str, pretrained: str = IMAGENET) -> PublishedW
     from .tv import load as load_torchvision
 
     torchvision = load_torchvision()
-
-    from .factory import MODELS
 
     if model_name not in MODELS:
         raise ValueError(f"unknown model.name={model_name!r}; choose one of {sorted(MODELS)}")

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from .. import storage as st
-from ..tables import catalog_id, table_dir
+from ..backfill.tables import catalog_id, table_dir
 from . import ann
 from .store import SimilarityIndex, index_dir
 
@@ -75,10 +75,11 @@ def as_list(value: Any) -> list[str]:
 
 def embed_images(uris: Sequence[str], p: Mapping[str, Any], storage: Mapping[str, Any] | None, dtype: str, model_id: str) -> np.ndarray:
     """Embeddings of image files (local or ``s3://``) with the backfill's decoder and a
-    :class:`~catalog_vision.infer.Predictor` set up as the backfill's (``p``: the predictor config;
+    :class:`~catalog_vision.infer.predictor.Predictor` set up as the backfill's (``p``: the predictor config;
     ``tta`` and ``fold_bn`` change embeddings); the checkpoint must be the index's model."""
-    from ..images import ImageError, decode, error_string
-    from ..infer import Predictor
+    from ..ingest.errors import ImageError, error_string
+    from ..ingest.images import decode
+    from ..infer.predictor import Predictor
 
     predictor = Predictor(st.absolute(str(p["checkpoint"])), storage, device=p.get("device", "auto"), dtype=dtype, batch_size=max(1, len(uris)),
                           tta=p.get("tta") or "none", fold_bn=bool(p.get("fold_bn", True)), channels_last=bool(p.get("channels_last", True)))

@@ -1,7 +1,7 @@
-"""The Serve deployment: FastAPI routes over one :class:`~catalog_vision.infer.Predictor` per replica.
+"""The Serve deployment: FastAPI routes over one :class:`~catalog_vision.infer.predictor.Predictor` per replica.
 
 [1] Read the body (capped) and turn it into image bytes (:mod:`.inputs`, :mod:`.protocol`).
-[2] Decode each image with :func:`catalog_vision.images.decode`, the backfill's decoder: a bad
+[2] Decode each image with :func:`catalog_vision.ingest.images.decode`, the backfill's decoder: a bad
     image becomes a per-image error, never an exception out of the request.
 [3] Submit each decoded image to :meth:`ImageClassifier.predict_batch` (``@serve.batch``): batches
     are counted in images, so a multi-image request spreads over as many batch slots as it has images.
@@ -21,7 +21,8 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__
-from ..images import ImageError, NotAnImage, Preprocessing, decode, error_string
+from ..ingest.errors import ImageError, NotAnImage, error_string
+from ..ingest.images import Preprocessing, decode
 from . import binary, protocol
 from .admission import Admission
 from .inputs import ApiError, check_image_ids, classify_images, parse_json, read_body, status_of
@@ -101,7 +102,7 @@ def load_similar_index(folder: str | dict | None, storage, model_id: str, thread
 @serve.ingress(api)
 class ImageClassifier:
     def __init__(self, cfg: Mapping[str, Any]):
-        from ..infer import Predictor
+        from ..infer.predictor import Predictor
 
         p, s = cfg["predictor"], cfg["serve"]
         self.name = s["model_name"]

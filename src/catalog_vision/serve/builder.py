@@ -16,7 +16,8 @@ def app_config(args: Mapping[str, Any]) -> dict:
     """The plain config a replica receives, checked; the checkpoint path made absolute here, since
     replicas run in other working directories."""
     from .. import storage as st
-    from ..infer import TTA, check_dtype
+    from ..infer.predictor import TTA
+    from ..infer.device import check_dtype
 
     missing = [k for k in ("predictor", "serve") if k not in args]
     if missing:
@@ -30,7 +31,7 @@ def app_config(args: Mapping[str, Any]) -> dict:
         raise ValueError("predictor.checkpoint is not set: a checkpoint directory (local or s3://), e.g. from jobs/train.py")
     p["checkpoint"] = st.absolute(str(p["checkpoint"]))
     if (s.get("predictions") or {}).get("write"):
-        from ..tables import catalog_id
+        from ..backfill.tables import catalog_id
 
         t = s["predictions"]
         # The model's table for this catalog (<predictions>/<model_id>/<catalog_id>/), the one its backfills skip from.
@@ -52,7 +53,7 @@ def similar_index(args: Mapping[str, Any], setting: Any, checkpoint: str) -> str
         return st.absolute(str(setting))
     if not all(args.get(k) for k in ("index", "data")):
         return None  # a Serve config file without the index and data sections: /similar is off
-    from ..tables import catalog_id
+    from ..backfill.tables import catalog_id
 
     return {"root": st.absolute(str(args["index"]["root"])), "catalog_id": args["index"].get("catalog_id") or catalog_id(args["data"])}
 

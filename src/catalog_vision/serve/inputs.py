@@ -1,7 +1,7 @@
 """Request bodies → image bytes, and bad input → the 4xx that says what was wrong.
 
 Nothing here touches the model: a request is rejected (``ApiError``) or becomes a list of
-``(name, bytes)`` images, each decoded by :func:`catalog_vision.images.decode`, the decoder the
+``(name, bytes)`` images, each decoded by :func:`catalog_vision.ingest.images.decode`, the decoder the
 backfill uses.
 """
 
@@ -12,7 +12,7 @@ import binascii
 import json
 from typing import Any, AsyncIterator
 
-from ..images import EmptyFile, ImageError, ImageTooLarge, NotAnImage, TruncatedImage
+from ..ingest.errors import EmptyFile, ImageError, ImageTooLarge, NotAnImage, TruncatedImage
 
 RAW_TYPES = ("application/octet-stream", "image/*")
 MULTIPART = "multipart/form-data"

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..images import ImageError, error_string
+from ..ingest.errors import ImageError, error_string
 from .binary import unpack_bytes
 from .inputs import ApiError, b64decode, check_count
 

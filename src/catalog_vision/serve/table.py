@@ -1,6 +1,6 @@
 """Served images into the predictions table: rows of requests that name an ``image_id`` are
 buffered and committed to ``<predictions>/<model_id>/<catalog_id>/serve-<run id>/`` with the backfill's schema
-(:meth:`Predictor.table_from_outputs`) and its atomic file commit (:func:`catalog_vision.sink.commit_batch`).
+(:meth:`Predictor.table_from_outputs`) and its atomic file commit (:func:`catalog_vision.backfill.sink.commit_batch`).
 
 A buffer is flushed at ``flush_rows`` rows, ``flush_seconds`` after its first row, and on replica
 shutdown. A later backfill of the catalog reads the committed ids of every run under the model's
@@ -26,11 +26,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from .. import lease as leases
+from ..backfill import lease as leases
 from .. import storage as st
 from ..runtime import new_run_id
-from ..sink import commit_batch, committed_files
-from ..tables import table_dir
+from ..backfill.sink import commit_batch, committed_files
+from ..backfill.tables import table_dir
 
 log = logging.getLogger("catalog_vision")
 

@@ -20,7 +20,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from ..images import RefusedURI
+from ..ingest.errors import RefusedURI
 
 # AWS IMDS over IPv6, Alibaba's metadata service (inside CGNAT space), Azure's wire server (a public address).
 METADATA_ADDRESSES = frozenset(ipaddress.ip_address(a) for a in ("fd00:ec2::254", "100.100.100.200", "168.63.129.16"))

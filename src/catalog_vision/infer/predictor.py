@@ -9,60 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
+from ..ingest.dataset import fetch_and_decode
+from ..ingest.errors import is_error
+from ..ingest.images import Preprocessing
 from . import device_decode, precision
-from .data import fetch_and_decode, is_error
-from .device_decode import fit_tensor
-from .images import Preprocessing
+from .device import check_dtype, resolve_device, resolve_dtype
 from .predictions import predictions_schema, predictions_table
-
-__all__ = ["Predictor", "fit_tensor", "predictions_schema"]
 
 log = logging.getLogger("catalog_vision")
 
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
 TTA = ("none", "hflip")
-
-
-def resolve_device(device: str) -> torch.device:
-    if device not in DEVICES:
-        raise ValueError(f"predictor.device={device!r}; choose one of {list(DEVICES)}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("predictor.device=cuda but no CUDA device is visible to this actor; set predictor=cpu or predictor.device=auto")
-    return torch.device(device)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX present: reported in benchmarks; ``dtype: auto`` measures instead (see :mod:`.precision`)."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def check_dtype(dtype: str, setting: str = "predictor.dtype") -> None:
-    if dtype not in DTYPES:
-        raise ValueError(f"{setting}={dtype!r}; choose one of {sorted(DTYPES)}")
-
-
-def resolve_dtype(dtype: str, device: torch.device, setting: str = "predictor.dtype", measure: Callable[[], torch.dtype] | None = None) -> torch.dtype:
-    """``auto``: on CUDA bfloat16 where supported, else float16; on CPU ``measure()`` (the faster of
-    float32 and bfloat16 on this host, :mod:`.precision`), or float32 when nothing can be measured."""
-    check_dtype(dtype, setting)
-    if dtype != "auto":
-        return DTYPES[dtype]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return measure() if measure is not None else torch.float32
 
 
 def ray_node_id() -> str | None:
@@ -117,7 +80,7 @@ class Predictor:
         # conv → BatchNorm pairs folded into one conv (inference only; see models.fusion).
         self.folded_bn = 0
         if fold_bn:
-            from .models.fusion import fold_batchnorm
+            from ..models.fusion import fold_batchnorm
 
             self.model.backbone, self.folded_bn = fold_batchnorm(self.model.backbone)
         if channels_last:
@@ -153,7 +116,7 @@ class Predictor:
     def _report(self, folder: str) -> None:
         import socket
 
-        from . import storage as st
+        from .. import storage as st
 
         host = socket.gethostname()
         node = ray_node_id()

@@ -82,3 +82,12 @@ def find_cause(exc: BaseException, types: tuple[type, ...]) -> BaseException | N
         if mark in text:
             return t(text.split(mark, 1)[1].split("\n", 1)[0])
     return None
+
+
+def max_error_fraction(output: Mapping[str, Any]) -> float | None:
+    value = output.get("max_error_fraction")
+    if value is None:
+        return None
+    if not 0 <= float(value) <= 1:
+        raise ValueError(f"output.max_error_fraction={value!r}: a fraction in [0, 1], or null for no limit")
+    return float(value)

@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from .data import is_error
-from .storage.secrets import redact_text
+from ..ingest.errors import is_error
+from ..storage.secrets import redact_text
 
 
 def predictions_schema(embedding_dim: int) -> pa.Schema:
@@ -37,7 +37,7 @@ def predictions_schema(embedding_dim: int) -> pa.Schema:
 
 def predictions_table(p: Any, image_id, uri, outputs: tuple[np.ndarray, np.ndarray] | None, errors) -> pa.Table:
     """Rows in the predictions schema from ``(probabilities, embeddings)`` of the rows without an
-    error (``None`` when every row has one). ``p``: the :class:`.infer.Predictor` (its classes, top-k,
+    error (``None`` when every row has one). ``p``: the :class:`.predictor.Predictor` (its classes, top-k,
     thresholds, model and run ids, schema)."""
     n = len(image_id)
     errors = [str(e) if is_error(e) else None for e in errors]

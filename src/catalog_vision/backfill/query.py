@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from . import storage as st
+from .. import storage as st
 from .sink import committed_files
 from .tables import catalog_id, table_dir
 
@@ -28,7 +28,7 @@ def read_predictions(uri: str, storage: Mapping[str, Any] | None = None, columns
 
 def read_manifest(uri: str, storage: Mapping[str, Any] | None = None) -> pa.Table:
     """The manifest as written (every column), through the one CSV/Parquet reader."""
-    from .catalogs.table import read_table_file
+    from ..catalogs.table import read_table_file
 
     return read_table_file(uri, storage)
 
@@ -73,7 +73,7 @@ def summarize(predictions: str, manifest: str | None = None, storage: Mapping[st
 def query(cfg: Mapping[str, Any]) -> dict:
     """``jobs/query.py``: the summary of one model's predictions table (``query.predictions``, or the
     folder of the checkpoint at ``predictor.checkpoint``) against the manifest's labels."""
-    from . import checkpoint as ckpt
+    from .. import checkpoint as ckpt
 
     q = dict(cfg.get("query") or {})
     storage = cfg["storage"]

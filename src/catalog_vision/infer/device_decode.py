@@ -1,5 +1,5 @@
 """JPEG decoding on the predictor's device (``predictor.jpeg_decode_on_device``: nvJPEG on GPUs),
-matching the CPU decoder (:func:`.images.decode`): the same DCT draft scale, fit boxes and
+matching the CPU decoder (:func:`catalog_vision.ingest.images.decode`): the same DCT draft scale, fit boxes and
 interpolation, so a model sees the same pixels whichever side decoded them.
 """
 
@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import is_error
-from .images import ImageError, Preprocessing, decode, draft_scale, error_string, fit_box, pad_color
+from ..ingest.errors import ImageError, error_string, is_error
+from ..ingest.images import Preprocessing, decode, draft_scale, fit_box, pad_color
 
 
 def fit_tensor(im: torch.Tensor, spec: Preprocessing) -> torch.Tensor:
     """``uint8 (C, h, w)`` on any device → ``(C, *image_size)`` by ``spec.fit``: the same boxes as
     :func:`images.fit_image` on the CPU decoder."""
-    from .models.tv import load as load_torchvision
+    from ..models.tv import load as load_torchvision
 
     load_torchvision()
     from torchvision.transforms.v2 import functional as F
@@ -53,7 +53,7 @@ def decode_jpegs(encoded: list[bytes], spec: Preprocessing, device: torch.device
     The same size check, EXIF orientation and channel conversion as the CPU decoder; an image
     the device decoder rejects (e.g. CMYK on nvJPEG) falls back to :func:`images.decode`.
     """
-    from .models.tv import load as load_torchvision
+    from ..models.tv import load as load_torchvision
 
     load_torchvision()
     from torchvision.io import ImageReadMode, decode_jpeg

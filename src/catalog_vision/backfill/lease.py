@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from . import storage as st
+from .. import storage as st
 
 log = logging.getLogger("catalog_vision")
 

@@ -4,74 +4,22 @@ Images become ``uint8`` arrays of shape ``(C, H, W)``; scaling to float and mean
 normalisation happen inside the model (:class:`catalog_vision.models.ImageClassifier`), so no
 caller can forget them or apply them twice.
 
-A bad image raises an :class:`ImageError` subclass; callers turn it into an error row.
+A bad image raises an :class:`.errors.ImageError` subclass; callers turn it into an error row.
 """
 
 from __future__ import annotations
 
 import io
-import re
 import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from .storage.secrets import redact_text
+from .errors import DecodeError, EmptyFile, ImageError, ImageTooLarge, NotAnImage, TruncatedImage
 
 # Truncated files must fail loudly, not decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class ImageError(Exception):
-    """Base class: an input that cannot become a model input."""
-
-
-class EmptyFile(ImageError):
-    pass
-
-
-class NotAnImage(ImageError):
-    pass
-
-
-class TruncatedImage(ImageError):
-    pass
-
-
-class ImageTooLarge(ImageError):
-    pass
-
-
-class MissingObject(ImageError):
-    pass
-
-
-class AccessDenied(ImageError):
-    pass
-
-
-class ReadError(ImageError):
-    pass
-
-
-class DecodeError(ImageError):
-    """The decoder failed in a way it does not document (e.g. a malformed EXIF block making
-    ``exif_transpose`` raise ``KeyError``): the bytes are what they are, so it is final, not retried."""
-
-
-class RefusedURI(ImageError):
-    """The manifest names a URI its policy does not allow (``data.uri_schemes``, ``data.uri_prefixes``)."""
-
-
-_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
-
-
-def error_string(exc: BaseException) -> str:
-    """``'ErrorClass: message'``: the class is what the run manifest counts by."""
-    msg = redact_text(str(exc).strip().replace("\n", " "))  # no presigned signatures or passwords in tables
-    msg = _OBJECT_REPR.sub("<image bytes>", msg)  # PIL names its input as "<_io.BytesIO object at 0x7f...>"
-    return f"{type(exc).__name__}: {msg[:500]}"
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ PRESETS = ("none", "pad_crop_flip", "random_resized_crop", "trivial_augment", "r
 
 def build(aug: Mapping[str, Any] | None, image_size: Sequence[int]):
     """A v2 pipeline for one ``uint8 (C,H,W)`` image, or None for ``preset: none``."""
-    from .models.tv import load as load_torchvision
+    from ..models.tv import load as load_torchvision
 
     load_torchvision()
     from torchvision.transforms import v2
@@ -68,7 +68,7 @@ def batch_mix(aug: Mapping[str, Any] | None, num_classes: int):
     The returned callable takes ``(images float (N,C,H,W), labels int64 (N,))`` and returns images
     and soft labels ``(N, K)``, which ``F.cross_entropy`` accepts as probabilities.
     """
-    from .models.tv import load as load_torchvision
+    from ..models.tv import load as load_torchvision
 
     load_torchvision()
     from torchvision.transforms import v2

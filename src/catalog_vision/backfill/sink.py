@@ -33,7 +33,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import lease
-from . import storage as st
+from .. import storage as st
 from .outcome import TooManyErrors, is_retryable
 
 
@@ -175,3 +175,10 @@ def remove_stale_temp_files(root: str, storage: Mapping[str, Any] | None = None,
             except FileNotFoundError:
                 pass
     return removed
+
+
+def commit_memory(rows_per_file: int, embedding_dim: int) -> float:
+    """What a commit task holds: its block of rows (the float32 embedding and ~512 bytes of the rest
+    per row), the Parquet file being encoded, and Arrow's working copies: about three times the block,
+    declared so Ray does not pack more commits onto a node than its memory holds."""
+    return 3.0 * rows_per_file * (4 * embedding_dim + 512)

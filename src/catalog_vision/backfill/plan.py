@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
-from . import storage as st
-from .data import catalog_table
+from .. import storage as st
+from ..ingest.catalog import catalog_table
 from .sink import committed_ids
 
 

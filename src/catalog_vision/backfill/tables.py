@@ -19,7 +19,7 @@ import hashlib
 import re
 from typing import Any, Mapping
 
-from . import storage as st
+from .. import storage as st
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import logging
 import math
@@ -21,31 +20,22 @@ import os
 import time
 from typing import Any, Mapping
 
-import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.parquet as pq
-
-from . import checkpoint as ckpt
+from .. import checkpoint as ckpt
+from .. import storage as st
+from ..infer.predictor import Predictor
+from ..ingest.dataset import decode_catalog, rows_per_block, to_dataset
+from ..ingest.images import Preprocessing
+from ..runtime import init_ray, new_run_id
+from ..storage.shared import check_shared
 from . import lease as leases
-from . import storage as st
-from .outcome import BackfillFailed, TooManyErrors, find_cause, run_status
+from .actors import actor_fault_args, check_predictor, cluster_resource, decode_in, effective_predictor, tasks_in_flight
+from .manifest import PRECISION_REPORTS, RUN_MANIFEST, collect_reports, write_dead_letter
+from .outcome import BackfillFailed, TooManyErrors, find_cause, max_error_fraction, run_status
+from .plan import batches_per_task, count_files, plan_run
+from .sink import commit_batch, commit_memory, committed_files, remove_stale_temp_files, write_commit_record
 from .tables import catalog_id, table_dir
-from .data import decode_catalog, rows_per_block, to_dataset
-from .images import Preprocessing
-from .plan import batches_per_task, check_batches_per_task, count_files, error_classes, plan_run
-from .sink import commit_batch, committed_files, remove_stale_temp_files, write_commit_record
-from .infer import DEVICES, DTYPES, Predictor
-from .runtime import init_ray, new_run_id
-from .storage.shared import check_shared
 
 log = logging.getLogger("catalog_vision")
-
-RUN_MANIFEST = "_run.json"
-# Each predictor host reports the dtype it runs (and, for dtype=auto, its measurements) here; the
-# run manifest's predictor section collects them and the folder is removed.
-PRECISION_REPORTS = "_precision"
-IF_NO_GPU = ("auto", "cpu", "wait", "error")
-DECODE_IN = ("auto", "tasks", "actors")
 
 
 def output_dir(predictions_root: str, model_id: str, catalog: str, run_id: str) -> str:
@@ -97,8 +87,10 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     model_dir = table_dir(cfg["paths"]["predictions"], model_id, catalog)
     out = output_dir(cfg["paths"]["predictions"], model_id, catalog, run_id)
     lease_cfg = cfg["output"].get("lease") or {}
-    lease = stack.enter_context(leases.acquire(st.join(model_dir, leases.LEASE_NAME), run_id, storage, ttl_s=float(lease_cfg.get("ttl_s", 300)), wait_s=float(lease_cfg.get("wait_s", 0))))
-    run.update(out=out, storage=storage, manifest_head={"run_id": run_id, "model_id": model_id, "catalog_id": catalog, "checkpoint": checkpoint, "output": out, "config": st.redact(dict(cfg))})
+    lease = stack.enter_context(leases.acquire(st.join(model_dir, leases.LEASE_NAME), run_id, storage, ttl_s=float(lease_cfg.get("ttl_s", 300)),
+                                               wait_s=float(lease_cfg.get("wait_s", 0))))
+    run.update(out=out, storage=storage, manifest_head={"run_id": run_id, "model_id": model_id, "catalog_id": catalog, "checkpoint": checkpoint, "output": out,
+                                                        "config": st.redact(dict(cfg))})
 
     removed = remove_stale_temp_files(model_dir, storage)
     if removed:
@@ -181,7 +173,8 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
     files = [r["file"] for r in receipts if r["file"]]
     write_commit_record(out, receipts, storage)  # before _run.json: the next plan trusts it over a lagging LIST
     this_run = count_files(files, storage)
-    dead_letter = write_dead_letter(files, st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage) if this_run["errors"] else None
+    dead_letter = (write_dead_letter(files, st.join(st.absolute(cfg["paths"]["output"]), "dead_letter", model_id, f"{run_id}.parquet"), storage)
+                   if this_run["errors"] else None)
     total = count_files(committed_files(model_dir, storage), storage, restrict_to=ids)
     timings["total_s"] = time.perf_counter() - t0
     counts = {
@@ -242,160 +235,3 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
         flush=True,
     )
     return manifest
-
-
-def max_error_fraction(output: Mapping[str, Any]) -> float | None:
-    value = output.get("max_error_fraction")
-    if value is None:
-        return None
-    if not 0 <= float(value) <= 1:
-        raise ValueError(f"output.max_error_fraction={value!r}: a fraction in [0, 1], or null for no limit")
-    return float(value)
-
-
-def check_predictor(p: Mapping[str, Any]) -> None:
-    """Fail fast, naming the valid choices, before any cluster work."""
-    if p["dtype"] not in DTYPES:
-        raise ValueError(f"predictor.dtype={p['dtype']!r}; choose one of {sorted(DTYPES)}")
-    if p["device"] not in DEVICES:
-        raise ValueError(f"predictor.device={p['device']!r}; choose one of {list(DEVICES)}")
-    decode_in(p)
-    check_batches_per_task(p.get("batches_per_task"))
-    if p.get("if_no_gpu", "auto") not in IF_NO_GPU:
-        raise ValueError(f"predictor.if_no_gpu={p.get('if_no_gpu')!r}; choose one of {list(IF_NO_GPU)}")
-    if p["device"] == "cuda" and not float(p["num_gpus"]):
-        raise ValueError("predictor.device=cuda needs predictor.num_gpus > 0 (Ray hides GPUs from actors that do not ask for one)")
-    if int(p["min_actors"]) > int(p["max_actors"]) or int(p["min_actors"]) < 1:
-        raise ValueError(f"need 1 <= predictor.min_actors <= predictor.max_actors, got {p['min_actors']} and {p['max_actors']}")
-
-
-def actor_fault_args(p: Mapping[str, Any]) -> dict:
-    """Custom resources and fault tolerance of the predictor actors (README "Preemptible nodes").
-
-    ``max_restarts``: how often Ray recreates an actor whose process or node died (-1: always);
-    ``max_task_retries``: how often a batch that was running on such an actor is sent again
-    (-1: always). A retried batch commits under the same file name (:mod:`.sink`), so a retry
-    never duplicates rows. ``resources``: custom node resources each actor needs (e.g. a
-    node-type label), which also spreads the actors when a node offers one."""
-    args: dict[str, Any] = {}
-    for key in ("max_restarts", "max_task_retries"):
-        if p.get(key) is not None:
-            args[key] = int(p[key])
-    if p.get("resources"):
-        args["resources"] = {str(k): float(v) for k, v in dict(p["resources"]).items()}
-    return args
-
-
-def decode_in(p: Mapping[str, Any]) -> str:
-    """Where images are fetched and decoded. ``auto``: in the predictor actors when they run on CPU
-    (decode and inference share the same cores, so a hand-off between processes is pure overhead),
-    in separate CPU tasks when the predictor has a GPU (CPU decode then overlaps GPU inference)."""
-    where = p.get("decode_in", "auto")
-    if where not in DECODE_IN:
-        raise ValueError(f"predictor.decode_in={where!r}; choose one of {list(DECODE_IN)}")
-    if where == "auto":
-        return "tasks" if float(p["num_gpus"]) > 0 else "actors"
-    return where
-
-
-def collect_reports(folder: str, storage: Mapping[str, Any] | None = None) -> list[dict]:
-    """The predictor hosts' precision reports (see ``Predictor(report_to=...)``), then the folder goes."""
-    fs, path = st.resolve(folder, storage)
-    try:
-        files = sorted(f for f in fs.find(path) if f.endswith(".json"))
-    except FileNotFoundError:
-        return []
-    reports = [json.loads(fs.cat_file(f)) for f in files]
-    for f in files:
-        fs.rm_file(f)
-    with contextlib.suppress(OSError):  # object stores have no empty folders to remove
-        fs.rmdir(path)
-    return reports
-
-
-def commit_memory(rows_per_file: int, embedding_dim: int) -> float:
-    """What a commit task holds: its block of rows (the float32 embedding and ~512 bytes of the rest
-    per row), the Parquet file being encoded, and Arrow's working copies: about three times the block,
-    declared so Ray does not pack more commits onto a node than its memory holds."""
-    return 3.0 * rows_per_file * (4 * embedding_dim + 512)
-
-
-def tasks_in_flight(p: Mapping[str, Any]) -> int | None:
-    """Tasks queued per predictor actor. Decoding in the actors, a queued task is only catalog rows
-    (nothing expensive to prefetch), and every queued task is pinned to its actor: at the end of a
-    run the other actors idle while it drains (Ray Data's default of 4 in flight: up to three whole
-    batches waiting behind one actor). One queued behind the running one
-    keeps the dispatch round trip off the actor's critical path for short (small-image) batches.
-    With separate decode tasks, queued tasks hold decoded batches ready: Ray's default."""
-    return 2 if decode_in(p) == "actors" else None
-
-
-def cluster_resource(name: str) -> float:
-    import ray
-
-    return float(ray.cluster_resources().get(name, 0))
-
-
-def effective_predictor(p: Mapping[str, Any], cluster_gpus: float, on_cluster: bool = False, gpus_now=None) -> dict:
-    """The predictor settings this run uses. A GPU config on a cluster without GPUs (``if_no_gpu``):
-
-    * ``wait`` (what ``auto`` means on a cluster): asks the autoscaler for GPU nodes and waits up to
-      ``predictor.gpu_wait_s`` for them, then stops with an error naming the setting;
-    * ``cpu`` (what ``auto`` means on a local Ray): runs on CPU actors, with a warning and a
-      ``fallback`` entry in ``_run.json``; an explicit ``dtype`` is kept (``auto`` is measured on CPU);
-    * ``error``: stops at once.
-
-    ``gpus_now`` (for tests): a callable returning the cluster's GPU count while waiting."""
-    p = dict(p)
-    if float(p["num_gpus"]) <= 0 or cluster_gpus > 0:
-        return p
-    policy = p.get("if_no_gpu", "auto")
-    if policy == "auto":
-        policy = "wait" if on_cluster else "cpu"
-    if policy == "error":
-        raise RuntimeError("predictor asks for GPUs (num_gpus>0) but the cluster has none; use predictor=cpu, or if_no_gpu=cpu|wait")
-    if policy == "wait":
-        wait_for_gpus(float(p["num_gpus"]), float(p.get("gpu_wait_s") or 900), gpus_now or (lambda: cluster_resource("GPU")))
-        return p
-    cpus = max(1, int(p.get("cpus_per_actor", 1)))
-    before = {k: p[k] for k in ("device", "num_gpus", "dtype", "max_actors", "batch_size")}
-    p.update(device="cpu", num_gpus=0, pin_memory=False, jpeg_decode_on_device=False)
-    p["max_actors"] = max(1, min(int(p["max_actors"]), int(cluster_resource("CPU") // cpus) or 1))
-    p["min_actors"] = min(int(p["min_actors"]), p["max_actors"])
-    p["batch_size"] = min(int(p["batch_size"]), 512)
-    p["fallback"] = {"why": "the cluster has no GPUs (if_no_gpu=cpu)", "asked": before, "ran": {k: p[k] for k in before}}
-    log.warning("predictor asks for GPUs but the cluster has none: running on %d CPU actors instead (if_no_gpu=cpu; dtype %s kept). "
-                "Set predictor=cpu to mean it, or if_no_gpu=wait on an autoscaling cluster", p["max_actors"], p["dtype"])
-    if p["dtype"] == "float16":
-        log.warning("predictor.dtype=float16 on CPU is usually slower than float32 (measure: python bench/precision.py)")
-    return p
-
-
-def wait_for_gpus(need: float, timeout_s: float, gpus_now) -> None:
-    """Ask the autoscaler for ``need`` GPUs and wait for them to join, up to ``timeout_s``."""
-    try:
-        from ray.autoscaler.sdk import request_resources
-
-        request_resources(bundles=[{"GPU": need}])
-    except Exception as e:  # no autoscaler (a static cluster): the wait can still see nodes join
-        log.info("no autoscaler request (%s); waiting for GPU nodes to join", type(e).__name__)
-    log.warning("predictor asks for GPUs but the cluster has none yet: waiting up to %.0f s for GPU nodes (if_no_gpu=wait)", timeout_s)
-    deadline = time.monotonic() + timeout_s
-    while gpus_now() < need:
-        if time.monotonic() >= deadline:
-            raise RuntimeError(f"no GPU joined the cluster within predictor.gpu_wait_s={timeout_s:g} s (if_no_gpu=wait); "
-                               "check the autoscaler's GPU node type, raise gpu_wait_s, or run with predictor=cpu")
-        time.sleep(min(5.0, max(0.1, timeout_s / 20)))
-
-
-def write_dead_letter(files: list[str], uri: str, storage: Mapping[str, Any] | None = None) -> str:
-    """The run's failures as their own small table: ``image_id, uri, error_class, error, model_id, run_id``."""
-    fs, _ = st.resolve(files[0], storage)
-    paths = [st.resolve(f, storage)[1] for f in files]
-    table = pads.dataset(paths, filesystem=fs, format="parquet").to_table(columns=["image_id", "uri", "error", "model_id", "run_id"], filter=pc.field("error").is_valid())
-    error_class = error_classes(table.column("error").combine_chunks())
-    table = table.add_column(2, "error_class", error_class)
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    st.write_bytes(uri, buf.getvalue(), storage)
-    return uri
