@@ -106,3 +106,23 @@ def test_redact_hides_secrets():
     red = st.redact(cfg)
     assert "s3cr3t" not in str(red) and "'t'" not in str(red) and "'p'" not in str(red)
     assert red["storage"]["endpoint_url"] == "http://x"
+
+
+def test_actor_fault_settings_reach_ray_only_where_they_differ_from_ray_datas_default():
+    """Ray Data's actor pools restart actors and resend their batches without limit (-1) unless told
+    otherwise; the config's defaults equal that, so a default backfill passes nothing through
+    map_batches' deprecated **ray_remote_args, and any other value still reaches Ray."""
+    import inspect
+
+    from ray.data._internal.execution.operators import actor_pool_map_operator
+
+    from catalog_vision.backfill.actors import RAY_DATA_ACTOR_DEFAULT, actor_fault_args
+
+    ray_source = inspect.getsource(actor_pool_map_operator)
+    for key in ("max_restarts", "max_task_retries"):  # Ray's own default, read from its source, not assumed
+        assert f'ray_remote_args["{key}"] = {RAY_DATA_ACTOR_DEFAULT}' in ray_source
+    p = make_cfg()["predictor"]
+    assert (p["max_restarts"], p["max_task_retries"]) == (RAY_DATA_ACTOR_DEFAULT, RAY_DATA_ACTOR_DEFAULT)
+    assert actor_fault_args(p) == {}
+    assert actor_fault_args({**p, "max_restarts": 0, "max_task_retries": 3, "resources": {"spot_gpu": 1}}) == {
+        "max_restarts": 0, "max_task_retries": 3, "resources": {"spot_gpu": 1.0}}

@@ -33,6 +33,9 @@ def check_predictor(p: Mapping[str, Any]) -> None:
         raise ValueError(f"need 1 <= predictor.min_actors <= predictor.max_actors, got {p['min_actors']} and {p['max_actors']}")
 
 
+RAY_DATA_ACTOR_DEFAULT = -1  # max_restarts and max_task_retries of Ray Data's actor pools
+
+
 def actor_fault_args(p: Mapping[str, Any]) -> dict:
     """Custom resources and fault tolerance of the predictor actors (README "Preemptible nodes").
 
@@ -40,10 +43,14 @@ def actor_fault_args(p: Mapping[str, Any]) -> dict:
     ``max_task_retries``: how often a batch that was running on such an actor is sent again
     (-1: always). A retried batch commits under the same file name (:mod:`.sink`), so a retry
     never duplicates rows. ``resources``: custom node resources each actor needs (e.g. a
-    node-type label), which also spreads the actors when a node offers one."""
+    node-type label), which also spreads the actors when a node offers one.
+
+    Ray Data's actor pools default to -1 for both counts, and passing them goes through
+    ``map_batches``' ``**ray_remote_args`` (deprecated, to be removed in Ray 2.64): only a value
+    other than that default is passed."""
     args: dict[str, Any] = {}
     for key in ("max_restarts", "max_task_retries"):
-        if p.get(key) is not None:
+        if p.get(key) is not None and int(p[key]) != RAY_DATA_ACTOR_DEFAULT:
             args[key] = int(p[key])
     if p.get("resources"):
         args["resources"] = {str(k): float(v) for k, v in dict(p["resources"]).items()}
