@@ -78,6 +78,20 @@ def test_measured_dtype_is_cached_per_key(tmp_path):
     assert len(json.loads((tmp_path / precision.CACHE_FILE).read_text())) == 2
 
 
+def test_a_cap_on_onednns_instruction_sets_is_another_decision(tmp_path, monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 turns AMX off: bfloat16 then runs on AVX-512 alone (slower
+    than float32 for ResNets on this kind of host), so a choice measured without the cap is not reused."""
+    for name in precision.ISA_CAP_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    fast_bf16, _ = timings(1.0, 0.3)
+    assert precision.measured_dtype("inference", "m", (3, 32, 32), 8, fast_bf16, tmp_path)["dtype"] == "bfloat16"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    slow_bf16, calls = timings(1.0, 1.4)
+    capped = precision.measured_dtype("inference", "m", (3, 32, 32), 8, slow_bf16, tmp_path)
+    assert (capped["dtype"], capped["cached"]) == ("float32", False) and set(calls) == {torch.float32, torch.bfloat16}
+    assert capped["key"]["isa_cap"] == {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}
+
+
 def test_unreadable_cache_costs_a_measurement_not_a_failure(tmp_path):
     (tmp_path / precision.CACHE_FILE).write_text("{not json")
     seconds_of, calls = timings(1.0, 2.0)

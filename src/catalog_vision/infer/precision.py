@@ -38,6 +38,8 @@ ROUNDS = 5
 BUDGET_S = 2.0
 # Part of the cache key: decisions measured another way are measured again.
 METHOD = "interleaved-min"
+# oneDNN (torch's CPU convolutions and bf16 matmuls) reads either name.
+ISA_CAP_VARIABLES = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -166,7 +168,9 @@ def default_cache_dir() -> Path:
 
 def host_key(purpose: str, model_key: str, shape: tuple[int, ...], n: int, **more: Any) -> dict:
     """What a measured decision depends on: the host's CPU and core count, torch, the model, the
-    input, torch's thread count, the measuring method, and ``more``."""
+    input, torch's thread count, the measuring method, a cap on oneDNN's instruction sets when one
+    is set (``ONEDNN_MAX_CPU_ISA``, e.g. ``AVX512_CORE_BF16``: bfloat16 without AMX), and ``more``."""
+    isa_cap = {k: os.environ[k] for k in ISA_CAP_VARIABLES if os.environ.get(k)}
     return {
         "purpose": purpose,
         "cpu": cpu_model(),
@@ -176,6 +180,7 @@ def host_key(purpose: str, model_key: str, shape: tuple[int, ...], n: int, **mor
         "input": [n, *shape],
         "threads": torch.get_num_threads(),
         "method": METHOD,
+        **({"isa_cap": isa_cap} if isa_cap else {}),
         **more,
     }
 
