@@ -280,7 +280,7 @@ def main() -> None:
     from catalog_vision.runtime import setup_logging, workers_at_driver_priority
 
     setup_logging()
-    command = "python bench/backfill.py " + " ".join(sys.argv[1:])
+    command = results_file.env_prefix() + "python bench/backfill.py " + " ".join(sys.argv[1:])
     print(f"$ {command}\nload average before: {os.getloadavg()[0]:.2f}", flush=True)
     # (a)'s actors at (b)'s priority, as for a Ray that catalog-vision starts: at Ray's default (nice
     # 15) they got ~20% of a core each against (b) at load 10 on a shared machine.
@@ -371,7 +371,7 @@ def main() -> None:
     for line in notes:
         print(line)
     print(f"host: {results_file.host()}\ncommand: {command}")
-    results_file.save("backfill", command, columns, table, notes, align="llrrrrrrl")
+    results_file.save("backfill" + results_file.suffix(), command, columns, table, notes, align="llrrrrrrl")
 
 if __name__ == "__main__":
     main()

@@ -46,7 +46,28 @@ def host() -> str:
              "AMX" if "amx_bf16" in flags else "no AMX", f"Python {platform.python_version()}"]
     if "torch" in sys.modules:
         parts.append(f"torch {sys.modules['torch'].__version__}")
+    cap = isa_cap()
+    if cap:
+        parts.append(f"oneDNN capped at {cap} (ONEDNN_MAX_CPU_ISA)" + (": no AMX" if cap.upper().startswith("AVX") else ""))
     return ", ".join(parts)
+
+
+def isa_cap() -> str | None:
+    """The instruction-set cap a run set for oneDNN (torch's CPU convolutions and bf16 matmuls):
+    ``AVX512_CORE_BF16`` on an AMX host runs bfloat16 as a host without AMX would."""
+    return os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or None
+
+
+def env_prefix() -> str:
+    """``ONEDNN_MAX_CPU_ISA=... `` when a cap is set: part of the command that reproduces a run."""
+    cap = isa_cap()
+    return f"ONEDNN_MAX_CPU_ISA={cap} " if cap else ""
+
+
+def suffix() -> str:
+    """A result file name's suffix for a capped run, so it does not replace the uncapped one."""
+    cap = isa_cap()
+    return f"-{cap.lower()}" if cap else ""
 
 
 def save(name: str, command: str, columns: Sequence[str], rows: Sequence[Sequence[object]], notes: Sequence[str] = (),
