@@ -43,7 +43,7 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batc
     and schedule)."""
     from catalog_vision.models import build_model
     from catalog_vision.train.recipe import Step, make_optimizer, make_scheduler, seed_everything, train_precision
-    from catalog_vision.train.epoch import _lap
+    from catalog_vision.train.epoch import lap
 
     t = cfg["trainer"]
     classes = cfg["data"]["classes"]
@@ -65,19 +65,19 @@ def plain_loop(x: np.ndarray, y: np.ndarray, cfg: dict, epochs: int, global_batc
         for s in range(steps):
             idx = order[s * global_batch : (s + 1) * global_batch]
             batch = {"pixels": xt[idx], "y": yt[idx]}
-            tick = _lap(clock, "data", tick)
+            tick = lap(clock, "data", tick)
             xb, target, _ = step.prepare(batch)
-            tick = _lap(clock, "augment", tick)
+            tick = lap(clock, "augment", tick)
             with step.autocast():
                 logits = model(xb)
             loss = step.loss(logits, target)
             loss.backward()
-            tick = _lap(clock, "compute", tick)
+            tick = lap(clock, "compute", tick)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
             loss.item()
-            tick = _lap(clock, "optimizer", tick)
+            tick = lap(clock, "optimizer", tick)
         rates.append(steps * global_batch / (time.perf_counter() - start))
         clocks.append(clock)
     return rates, clocks

@@ -1,7 +1,10 @@
 """catalog-vision: label and embed whole image catalogs on Ray.
 
 The public names below load lazily (PEP 562): Ray Data's decode tasks import
-``catalog_vision.ingest`` and must not pay for importing torch.
+``catalog_vision.ingest`` and must not pay for importing torch. The jobs' entry points live in
+their capability packages (``catalog_vision.train.train``, ``catalog_vision.backfill.backfill``):
+a top-level name equal to a subpackage's would be the function or the package depending on what
+the process imported first.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ _EXPORTS = {
     "MODELS": ".models",
     "Predictor": ".infer.predictor",
     "Preprocessing": ".ingest.images",
-    "backfill": ".backfill.run",
     "build_model": ".models",
     "decode": ".ingest.images",
     "load_checkpoint": ".checkpoint",
@@ -20,13 +22,11 @@ _EXPORTS = {
     "predictions_schema": ".infer.predictions",
     "run_pipeline": ".pipeline",
     "summarize": ".backfill.query",
-    "train": ".train.trainer",
 }
 __all__ = [
     "MODELS",
     "Predictor",
     "Preprocessing",
-    "backfill",
     "build_model",
     "decode",
     "load_checkpoint",
@@ -34,7 +34,6 @@ __all__ = [
     "predictions_schema",
     "run_pipeline",
     "summarize",
-    "train",
 ]
 __version__ = "0.1.0"
 

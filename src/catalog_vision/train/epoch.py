@@ -26,9 +26,9 @@ def train_one_epoch(model, shard, optimizer, scheduler, step: Step, cache: Shard
     # On the CPU: augmentation runs per image there; Step.prepare moves the batch.
     batches = cache.batches(shard, t["batch_size"], {"pixels": torch.uint8, "y": y_dtype}, t.get("shuffle_buffer") or None)
     for i, batch in enumerate(batches):
-        tick = _lap(clock, "data", tick)
+        tick = lap(clock, "data", tick)
         x, target, y = step.prepare(batch)
-        tick = _lap(clock, "augment", tick)
+        tick = lap(clock, "augment", tick)
         sync = (i + 1) % step.accumulate == 0
         with contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync():
             with step.autocast():
@@ -37,7 +37,7 @@ def train_one_epoch(model, shard, optimizer, scheduler, step: Step, cache: Shard
             scaled = loss / step.accumulate
             (step.scaler.scale(scaled) if step.scaler else scaled).backward()
         pending += 1
-        tick = _lap(clock, "compute", tick)
+        tick = lap(clock, "compute", tick)
         if sync:
             if step.scaler:
                 step.scaler.step(optimizer)
@@ -50,14 +50,17 @@ def train_one_epoch(model, shard, optimizer, scheduler, step: Step, cache: Shard
         loss_sum += loss.item() * len(y)
         hits += step.hits(logits.detach(), y)
         seen += len(y)
-        tick = _lap(clock, "optimizer", tick)
+        tick = lap(clock, "optimizer", tick)
     if pending:  # fewer than accumulate_steps batches left at the end of the epoch: dropped
         optimizer.zero_grad(set_to_none=True)
     return {"loss_sum": loss_sum, "correct": hits, "seen": seen, "elapsed": time.perf_counter() - start, "from_memory": from_memory,
             **{f"time/{k}": v for k, v in clock.items()}}
 
 
-def _lap(clock: dict[str, float], key: str, since: float) -> float:
+def lap(clock: dict[str, float], key: str, since: float) -> float:
+    """Add the time since ``since`` to ``clock[key]``; returns now (the next phase's start). The
+    per-phase breakdown of a step (data, augment, compute, optimizer) that bench/train.py prints
+    for both of its loops."""
     now = time.perf_counter()
     clock[key] += now - since
     return now
