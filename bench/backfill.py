@@ -291,7 +291,7 @@ def main() -> None:
     t = time.perf_counter()
     ray.data.range(1).materialize()
     print(f"cluster warm-up (not timed): {time.perf_counter() - t:.1f}s", flush=True)
-    results, choices, batch_choices = [], {}, {}
+    results, choices, batch_choices, startups = [], {}, {}, {}
     for workload in workloads:
         n = {"small": args.small_images, "resnet": args.resnet_images}.get(workload, args.photo_images)
         batch = 512 if workload == "small" else 64
@@ -323,6 +323,8 @@ def main() -> None:
                 dtype = pinfo["resolved_dtype"]
                 choices[workload] = pinfo.get("dtype_choice")
                 batch_choices[workload] = pinfo.get("model_batch_choice")
+                if pinfo.get("actors"):
+                    startups[workload] = (secs, out["timings"]["first_actor_ready_s"], pinfo["actors"])
                 print(f"[{workload}] catalog-vision timings: {out['timings']}, {out['images_per_s']} images/s in the pipeline, dtype {dtype}", flush=True)
                 rows.append(("(a) catalog-vision", done, secs, dtype, load))
             if "b" in methods:
@@ -366,6 +368,9 @@ def main() -> None:
              f"(this script's: {os.nice(0)}), overrides {args.overrides or 'none'}"]
     notes += [f"(a) [{w}] predictor.dtype=auto chose {c['dtype']}: {c['why']}" for w, c in choices.items() if c]
     notes += [f"(a) [{w}] predictor.model_batch=auto chose {c['model_batch']}: {c['why']}" for w, c in batch_choices.items() if c]
+    notes += [f"(a) [{w}] of the {secs:.1f} s call, the first predictor actor was ready after {first} s; an actor took {a['startup_s']} s "
+              f"from process start to ready ({a['init_s']} s of it in __init__: checkpoint, dtype and model batch), median of {a['started']}"
+              for w, (secs, first, a) in startups.items()]
     notes.append("load: 1-minute load average when each method started (other users of this machine)")
     print()
     for line in notes:

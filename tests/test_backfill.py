@@ -80,6 +80,11 @@ def test_local_backfill_with_corrupt_inputs(local_catalog, random_checkpoint, tm
     assert set(pred["dtype_choice"]["seconds_per_image"]) == {"float32", "bfloat16"}
     assert [h["device"] for h in pred["hosts"]] == ["cpu"]
     assert not (Path(out["output"]) / "_precision").exists()  # the per-host reports are folded in
+    # The actors' start-up: every actor reported (smoke: 1 or 2, more only after a restart), the first
+    # was ready within the pipeline, and its process started before its __init__ did.
+    t, actors = run["timings"], pred["actors"]
+    assert cfg["predictor"]["min_actors"] <= actors["started"] and 0 < t["first_actor_ready_s"] < t["pipeline_s"]
+    assert 0 < actors["init_s"] < actors["startup_s"] < t["total_s"]
 
     # Offline == direct: the same checkpoint on the same bytes gives the same label and score.
     # The dtype the backfill ran: dtype=auto is a per-host timing, and the machine-wide cache may hold another choice.

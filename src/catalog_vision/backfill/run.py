@@ -22,6 +22,7 @@ from typing import Any, Mapping
 
 from .. import checkpoint as ckpt
 from .. import storage as st
+from ..infer import startup
 from ..infer.predictor import Predictor
 from ..ingest.dataset import decode_catalog, rows_per_block, to_dataset
 from ..ingest.images import Preprocessing
@@ -70,8 +71,8 @@ def backfill(cfg: Mapping[str, Any]) -> dict:
 def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) -> dict:
     import ray.data
 
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
+    timings: dict[str, float | None] = {}
+    t0, called_at = time.perf_counter(), time.time()
     storage, data = cfg["storage"], cfg["data"]
     check_predictor(cfg["predictor"])
     max_error_fraction(cfg["output"])
@@ -168,7 +169,10 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
         if cfg["ray"].get("log_stats"):
             log.info("Ray Data stats:\n%s", ds.stats())
     timings["pipeline_s"] = time.perf_counter() - t0
-    precision_reports = collect_reports(st.join(out, PRECISION_REPORTS), storage)
+    reports = collect_reports(st.join(out, PRECISION_REPORTS), storage)
+    precision_reports = [r for r in reports if r.get("kind") != "actor"]
+    # When the first predictor actor was ready (wall clocks: the driver's and the actor's node's)
+    timings["first_actor_ready_s"], actors = startup.summarize([r for r in reports if r.get("kind") == "actor"], called_at)
 
     files = [r["file"] for r in receipts if r["file"]]
     write_commit_record(out, receipts, storage)  # before _run.json: the next plan trusts it over a lagging LIST
@@ -217,11 +221,13 @@ def _backfill(cfg: Mapping[str, Any], stack: contextlib.ExitStack, run: dict) ->
             "model_batch": sorted({r.get("model_batch") or p["batch_size"] for r in precision_reports}) or None,
             "model_batch_choice": next((r["model_batch_auto"] for r in precision_reports if r.get("model_batch_auto")), None),
             "hosts": precision_reports,
+            # The actors' start-up: how many started (restarts too), median seconds from process start to ready, and in __init__
+            "actors": actors,
             # A GPU config that ran on CPU: what was asked, what ran, and why (None: as configured)
             "fallback": p.get("fallback"),
         },
         "stale_temp_files_removed": removed,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "timings": {k: v if v is None else round(v, 2) for k, v in timings.items()},
         "images_per_s": round(done_now / max(1e-9, timings["pipeline_s"] - timings["plan_s"]), 1),
         "config": st.redact(dict(cfg)),
     }

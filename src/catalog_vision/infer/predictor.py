@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -19,7 +21,7 @@ from .. import checkpoint as ckpt
 from ..ingest.dataset import fetch_and_decode
 from ..ingest.errors import is_error
 from ..ingest.images import Preprocessing
-from . import device_decode, precision
+from . import device_decode, precision, startup
 from .device import check_dtype, resolve_device, resolve_dtype
 from .predictions import predictions_schema, predictions_table
 
@@ -68,6 +70,7 @@ class Predictor:
         fold_bn: bool = True,
         model_batch: int | str | None = None,
     ):
+        init_started = time.time()
         if tta not in TTA:
             raise ValueError(f"predictor.tta={tta!r}; choose one of {list(TTA)}")
         self.tta = tta
@@ -111,9 +114,9 @@ class Predictor:
         self.defer_jpeg = defer_jpeg
         self.storage = dict(storage or {})
         if report_to:
-            self._report(report_to)
+            self._report(report_to, init_started)
 
-    def _report(self, folder: str) -> None:
+    def _report(self, folder: str, init_started: float) -> None:
         import socket
 
         from .. import storage as st
@@ -125,6 +128,9 @@ class Predictor:
         # One file per Ray node and device (several nodes may share a host name): the actors of one
         # node agree, so they may overwrite each other.
         st.write_json(st.join(folder, f"{host}-{(node or 'local')[:16]}-{self.device.type}.json"), report, self.storage)
+        # And one file per actor: how long this one took to come up.
+        name = f"{startup.ACTOR_REPORT_PREFIX}{(node or 'local')[:16]}-{os.getpid()}.json"
+        st.write_json(st.join(folder, name), startup.actor_report(node, init_started), self.storage)
 
     def _measure_dtype(self, batch_size: int, cache_dir: str | None) -> torch.dtype:
         import json
